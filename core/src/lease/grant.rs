@@ -1,0 +1,105 @@
+//! The grant task: opens the resource's log, issues a durable token, installs the lease.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::Inner;
+use super::state::{Effects, Holder, LeaseRec, Waiter};
+use super::types::{EndReason, Event, EventKind, Grant};
+use crate::error::CoreError;
+use crate::model::now_unix_micros;
+use crate::resource::ResourceName;
+
+/// Grants `resource` (already marked as being granted) to `waiter`.
+pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waiter) {
+    let Some(gate) = inner
+        .lock()
+        .resources
+        .get(&resource)
+        .map(|r| r.gate.clone())
+    else {
+        return;
+    };
+    // Wait for any append still in flight under the previous lease, so the new token is issued
+    // only after it, and the head we return includes it.
+    let _gate = gate.lock_owned().await;
+    let cached = inner
+        .lock()
+        .resources
+        .get(&resource)
+        .and_then(|r| r.log.clone());
+    let prepared = async {
+        let log = match cached {
+            Some(log) => log,
+            None => inner.store.open(&resource).await?,
+        };
+        let token = inner.store.issue_token(&resource).await?;
+        Ok::<_, CoreError>((log, token))
+    }
+    .await;
+
+    let mut fx = Effects::default();
+    {
+        let mut st = inner.lock();
+        let now = Instant::now();
+        match prepared {
+            Err(e) => {
+                tracing::warn!(resource = %resource, error = %e, "grant failed");
+                if let Some(res) = st.resources.get_mut(&resource) {
+                    res.holder = Holder::Free;
+                }
+                let _ = waiter.tx.send(Err(e));
+                st.pump(&resource, &mut fx);
+            }
+            Ok((log, token)) => {
+                let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
+                let rec = LeaseRec {
+                    resource: resource.clone(),
+                    token,
+                    owner: waiter.owner.clone(),
+                    ttl: waiter.ttl,
+                    deadline: now + waiter.ttl,
+                    idempotency_key: waiter.idempotency_key.clone(),
+                    appends: Default::default(),
+                };
+                let earliest = st.deadlines.first().is_none_or(|(d, _)| rec.deadline < *d);
+                st.deadlines.insert((rec.deadline, id.clone()));
+                if let Some(key) = &waiter.idempotency_key {
+                    st.idempotency
+                        .insert((waiter.owner.client_id.clone(), key.clone()), id.clone());
+                }
+                let grant = Grant {
+                    lease: rec.view(&id, now),
+                    head: log.head(),
+                };
+                st.leases.insert(id.clone(), rec);
+                let res = st
+                    .resources
+                    .get_mut(&resource)
+                    .expect("granting keeps the entry");
+                res.log = Some(log);
+                res.token = token;
+                res.holder = Holder::Held(id.clone());
+                fx.events.push(Event {
+                    kind: EventKind::Granted,
+                    resource: resource.clone(),
+                    lease_id: id.clone(),
+                    token,
+                    owner: waiter.owner.clone(),
+                    seqs: None,
+                    head: Some(grant.head),
+                    time_unix_micros: now_unix_micros(),
+                });
+                if earliest {
+                    inner.expiry.notify_one();
+                }
+                if waiter.tx.send(Ok(grant)).is_err() {
+                    // The waiter left while we were granting: pass the lease on.
+                    st.end_lease(&id, EndReason::Released, &mut fx);
+                }
+            }
+        }
+    }
+    inner.apply(fx);
+}

@@ -1,0 +1,419 @@
+//! Leases: FIFO waiting, grants with fencing tokens, renewal, release and expiry.
+//!
+//! One `std::sync::Mutex` guards the lease table ([`state::State`]); it is never held across an
+//! await. Side effects decided under the lock (events to publish, grants to run) are carried out
+//! after it is released, see [`Inner::apply`].
+
+pub mod append;
+mod expiry;
+mod grant;
+mod state;
+mod types;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::time::Instant;
+
+use self::state::{Effects, Holder, State, Waiter};
+pub use self::types::{
+    AcquireArgs, AppendArgs, Appended, Description, EndReason, Event, EventKind, Grant,
+    LeaseStatus, LeaseView, ReleaseOutcome,
+};
+use crate::config::Limits;
+use crate::error::CoreError;
+use crate::model::{Head, MAX_CLIENT_ID_LEN, MAX_OWNER_NAME_LEN, Owner};
+use crate::resource::ResourceName;
+use crate::store::Store;
+
+/// Events buffered per watcher before it is told it lagged.
+const EVENT_BUFFER: usize = 16_384;
+
+/// The lease-and-fence core. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Core {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    limits: Limits,
+    state: Mutex<State>,
+    expiry: Notify,
+    events: broadcast::Sender<Event>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Carries out what a state change decided: publish events, start grants.
+    fn apply(self: &Arc<Self>, fx: Effects) {
+        for event in fx.events {
+            // No receivers is fine: nobody is watching.
+            let _ = self.events.send(event);
+        }
+        for (resource, waiter) in fx.grants {
+            tokio::spawn(grant::run(self.clone(), resource, waiter));
+        }
+    }
+}
+
+impl Core {
+    /// Starts the core on `store`. Must be called inside a Tokio runtime (it spawns the expiry task).
+    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
+        let inner = Arc::new(Inner {
+            store,
+            limits,
+            state: Mutex::new(State::default()),
+            expiry: Notify::new(),
+            events: broadcast::channel(EVENT_BUFFER).0,
+        });
+        tokio::spawn(expiry::run(inner.clone()));
+        Self { inner }
+    }
+
+    /// The limits in force.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Acquires an exclusive lease, waiting in FIFO order up to `args.wait`. Dropping the future
+    /// leaves the queue at once.
+    ///
+    /// # Errors
+    /// [`CoreError::WaitTimeout`] when the wait runs out; invalid TTL or owner; storage errors
+    /// (token issuance, an unsafe path on disk).
+    pub async fn acquire(&self, args: AcquireArgs) -> Result<Grant, CoreError> {
+        let ttl = self.check_ttl(args.ttl)?;
+        check_owner(&args.owner)?;
+        if args.wait > self.inner.limits.max_wait {
+            return Err(CoreError::InvalidArgument {
+                field: "wait",
+                reason: format!(
+                    "{:?} exceeds the maximum wait {:?}",
+                    args.wait, self.inner.limits.max_wait
+                ),
+            });
+        }
+        let resource = args.resource.clone();
+        let mut fx = Effects::default();
+        let (id, mut rx) = {
+            let mut st = self.inner.lock();
+            if st.closed {
+                return Err(CoreError::ShuttingDown);
+            }
+            if let Some(grant) = existing_grant(&mut st, &args) {
+                return Ok(grant);
+            }
+            let res = st.resources.entry(resource.clone()).or_default();
+            if args.wait.is_zero() && (!matches!(res.holder, Holder::Free) || !res.queue.is_empty())
+            {
+                return Err(busy(&st, &resource, Duration::ZERO));
+            }
+            let (tx, rx) = oneshot::channel();
+            st.next_waiter += 1;
+            let id = st.next_waiter;
+            let res = st.resources.get_mut(&resource).expect("just inserted");
+            res.queue.push_back(Waiter {
+                id,
+                owner: Arc::new(args.owner),
+                ttl,
+                idempotency_key: args.idempotency_key,
+                tx,
+            });
+            st.pump(&resource, &mut fx);
+            (id, rx)
+        };
+        self.inner.apply(fx);
+        let mut guard = QueueGuard {
+            core: self,
+            resource: &resource,
+            id: Some(id),
+        };
+        let received = match tokio::time::timeout(args.wait, &mut rx).await {
+            Ok(received) => received,
+            Err(_) => {
+                let removed = self.inner.lock().remove_waiter(&resource, id);
+                if removed {
+                    guard.id = None;
+                    return Err(busy(&self.inner.lock(), &resource, args.wait));
+                }
+                // Already popped: a grant for us is under way; it is ours regardless of the wait.
+                rx.await
+            }
+        };
+        guard.id = None;
+        received.map_err(|_| CoreError::ShuttingDown)?
+    }
+
+    fn check_ttl(&self, ttl: Option<Duration>) -> Result<Duration, CoreError> {
+        let limits = &self.inner.limits;
+        let ttl = ttl.unwrap_or(limits.default_ttl);
+        if ttl > limits.max_ttl || ttl < limits.min_ttl {
+            return Err(CoreError::InvalidArgument {
+                field: "ttl",
+                reason: format!(
+                    "{} ms is outside the allowed {}..={} ms",
+                    ttl.as_millis(),
+                    limits.min_ttl.as_millis(),
+                    limits.max_ttl.as_millis()
+                ),
+            });
+        }
+        Ok(ttl)
+    }
+
+    /// Renews a lease to its full TTL. `resource`, when given, must be the lease's.
+    ///
+    /// # Errors
+    /// [`CoreError::LeaseEnded`], [`CoreError::LeaseNotFound`], [`CoreError::WrongResource`].
+    pub fn renew(
+        &self,
+        resource: Option<&ResourceName>,
+        lease_id: &str,
+    ) -> Result<Duration, CoreError> {
+        let now = Instant::now();
+        let mut fx = Effects::default();
+        let result = {
+            let mut st = self.inner.lock();
+            match st.live_lease(lease_id, now, &mut fx) {
+                Ok((id, rec)) => {
+                    if let Some(r) = resource.filter(|r| **r != rec.resource) {
+                        Err(wrong_resource(lease_id, &rec.resource, r))
+                    } else {
+                        let ttl = rec.ttl;
+                        st.set_deadline(&id, now + ttl);
+                        Ok(ttl)
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        };
+        self.inner.apply(fx);
+        result
+    }
+
+    /// The status of a lease, renewing it if live (for keepalive streams).
+    #[must_use]
+    pub fn keepalive(&self, lease_id: &str) -> LeaseStatus {
+        match self.renew(None, lease_id) {
+            Ok(ttl) => LeaseStatus::Alive(ttl),
+            Err(CoreError::LeaseEnded { reason, .. }) => LeaseStatus::Ended(reason),
+            Err(_) => LeaseStatus::Unknown,
+        }
+    }
+
+    /// Releases a lease and wakes the next waiter. Releasing an ended lease answers how it ended.
+    ///
+    /// # Errors
+    /// [`CoreError::LeaseNotFound`] for an unknown lease; [`CoreError::WrongResource`].
+    pub fn release(
+        &self,
+        resource: &ResourceName,
+        lease_id: &str,
+    ) -> Result<ReleaseOutcome, CoreError> {
+        let now = Instant::now();
+        let mut fx = Effects::default();
+        let result = {
+            let mut st = self.inner.lock();
+            match st.live_lease(lease_id, now, &mut fx) {
+                Ok((id, rec)) if rec.resource != *resource => {
+                    Err(wrong_resource(&id, &rec.resource, resource))
+                }
+                Ok((id, _)) => {
+                    st.end_lease(&id, EndReason::Released, &mut fx);
+                    Ok(ReleaseOutcome::Released(id))
+                }
+                Err(CoreError::LeaseEnded { reason, .. }) => {
+                    Ok(ReleaseOutcome::AlreadyEnded(Arc::from(lease_id), reason))
+                }
+                Err(e) => Err(e),
+            }
+        };
+        self.inner.apply(fx);
+        result
+    }
+
+    /// Operator action: ends whatever lease holds `resource`; its holder is told it was lost.
+    #[must_use]
+    pub fn force_release(&self, resource: &ResourceName) -> ReleaseOutcome {
+        let mut fx = Effects::default();
+        let outcome = {
+            let mut st = self.inner.lock();
+            let held = st.resources.get(resource).and_then(|r| match &r.holder {
+                Holder::Held(id) => Some(id.clone()),
+                _ => None,
+            });
+            match held {
+                Some(id) => {
+                    st.end_lease(&id, EndReason::Forced, &mut fx);
+                    ReleaseOutcome::Released(id)
+                }
+                None => ReleaseOutcome::NotHeld,
+            }
+        };
+        self.inner.apply(fx);
+        outcome
+    }
+
+    /// Holder, token, queue and head of a resource.
+    ///
+    /// # Errors
+    /// Storage errors opening the resource (an unsafe path on disk, corrupt metadata).
+    pub async fn describe(&self, resource: &ResourceName) -> Result<Description, CoreError> {
+        let now = Instant::now();
+        let (holder, token, waiters, log) = {
+            let st = self.inner.lock();
+            match st.resources.get(resource) {
+                Some(res) => {
+                    let holder = match &res.holder {
+                        Holder::Held(id) => st.leases.get(id).map(|l| l.view(id, now)),
+                        _ => None,
+                    };
+                    (holder, res.token, res.queue.len(), res.log.clone())
+                }
+                None => (None, 0, 0, None),
+            }
+        };
+        let log = match log {
+            Some(log) => log,
+            None => self.inner.store.open(resource).await?,
+        };
+        Ok(Description {
+            resource: resource.clone(),
+            holder,
+            token: token.max(log.last_token()),
+            waiters,
+            head: log.head(),
+            exists: log.exists(),
+            blocked: log.blocked().map(|e| e.to_string()),
+        })
+    }
+
+    /// Live leases on resources starting with `prefix`, ordered by resource.
+    #[must_use]
+    pub fn list(&self, prefix: &str) -> Vec<LeaseView> {
+        let now = Instant::now();
+        let st = self.inner.lock();
+        let mut out: Vec<LeaseView> = st
+            .leases
+            .iter()
+            .filter(|(_, l)| l.resource.has_prefix(prefix) && l.deadline > now)
+            .map(|(id, l)| l.view(id, now))
+            .collect();
+        out.sort_by(|a, b| a.resource.cmp(&b.resource));
+        out
+    }
+
+    /// Lease and append events from now on.
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Stops granting, fails waiters, stops the expiry task and makes the store durable.
+    pub async fn shutdown(&self) {
+        {
+            let mut st = self.inner.lock();
+            st.closed = true;
+            for res in st.resources.values_mut() {
+                res.queue.clear();
+            }
+        }
+        self.inner.expiry.notify_one();
+        self.inner.store.close().await;
+    }
+}
+
+/// A retried Acquire with the same idempotency key gets its live lease back.
+fn existing_grant(st: &mut State, args: &AcquireArgs) -> Option<Grant> {
+    let key = args.idempotency_key.as_ref()?;
+    let id = st
+        .idempotency
+        .get(&(args.owner.client_id.clone(), key.clone()))?
+        .clone();
+    let now = Instant::now();
+    let rec = st
+        .leases
+        .get(&id)
+        .filter(|l| l.deadline > now && l.resource == args.resource)?;
+    let view = rec.view(&id, now);
+    let head = st
+        .resources
+        .get(&args.resource)
+        .and_then(|r| r.log.as_ref())
+        .map_or(Head::EMPTY, |l| l.head());
+    Some(Grant { lease: view, head })
+}
+
+fn busy(st: &State, resource: &ResourceName, waited: Duration) -> CoreError {
+    let (waiters, holder_token) = st.resources.get(resource).map_or((0, 0), |r| {
+        let token = match &r.holder {
+            Holder::Held(id) => st.leases.get(id).map_or(0, |l| l.token),
+            _ => 0,
+        };
+        (r.queue.len(), token)
+    });
+    CoreError::WaitTimeout {
+        resource: resource.as_str().to_owned(),
+        waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+        waiters,
+        holder_token,
+    }
+}
+
+fn wrong_resource(
+    lease_id: &str,
+    lease_resource: &ResourceName,
+    requested: &ResourceName,
+) -> CoreError {
+    CoreError::WrongResource {
+        lease_id: lease_id.to_owned(),
+        lease_resource: lease_resource.as_str().to_owned(),
+        requested: requested.as_str().to_owned(),
+    }
+}
+
+fn check_owner(owner: &Owner) -> Result<(), CoreError> {
+    let bad = |field, reason: String| Err(CoreError::InvalidArgument { field, reason });
+    if owner.client_id.is_empty() {
+        return bad(
+            "owner.client_id",
+            "is required (one id per client process instance)".into(),
+        );
+    }
+    if owner.client_id.len() > MAX_CLIENT_ID_LEN {
+        return bad(
+            "owner.client_id",
+            format!("is longer than {MAX_CLIENT_ID_LEN} bytes"),
+        );
+    }
+    if owner.name.len() > MAX_OWNER_NAME_LEN {
+        return bad(
+            "owner.name",
+            format!("is longer than {MAX_OWNER_NAME_LEN} bytes"),
+        );
+    }
+    Ok(())
+}
+
+/// Leaves the queue when an Acquire future is dropped while waiting.
+struct QueueGuard<'a> {
+    core: &'a Core,
+    resource: &'a ResourceName,
+    id: Option<u64>,
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.core.inner.lock().remove_waiter(self.resource, id);
+        }
+    }
+}

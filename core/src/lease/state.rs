@@ -1,0 +1,222 @@
+//! The lease table, per-resource queues and deadlines: synchronous state under one mutex.
+//!
+//! Nothing here awaits. Grants need the store (token issuance, opening a log), so a free resource
+//! with waiters is handed to a spawned grant task; see [`super::grant`].
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex as AsyncMutex, oneshot};
+use tokio::time::Instant;
+
+use super::types::{Appended, EndReason, Event, EventKind, Grant, LeaseView};
+use crate::error::CoreError;
+use crate::model::{Owner, now_unix_micros};
+use crate::resource::ResourceName;
+use crate::store::ResourceLog;
+
+/// Tombstones kept so that late calls on ended leases get a precise answer.
+const TOMBSTONES: usize = 65_536;
+/// Append results remembered per lease for request-id de-duplication.
+const REMEMBERED_APPENDS: usize = 64;
+
+pub(super) enum Holder {
+    Free,
+    Granting,
+    Held(Arc<str>),
+}
+
+pub(super) struct Waiter {
+    pub id: u64,
+    pub owner: Arc<Owner>,
+    pub ttl: Duration,
+    pub idempotency_key: Option<String>,
+    pub tx: oneshot::Sender<Result<Grant, CoreError>>,
+}
+
+pub(super) struct Res {
+    pub log: Option<Arc<dyn ResourceLog>>,
+    /// Serializes appends and grants on this resource: a grant waits for in-flight appends, so
+    /// no append is ever accepted under a token older than one already issued.
+    pub gate: Arc<AsyncMutex<()>>,
+    pub holder: Holder,
+    pub queue: VecDeque<Waiter>,
+    pub token: u64,
+}
+
+impl Default for Res {
+    fn default() -> Self {
+        Self {
+            log: None,
+            gate: Arc::new(AsyncMutex::new(())),
+            holder: Holder::Free,
+            queue: VecDeque::new(),
+            token: 0,
+        }
+    }
+}
+
+pub(super) struct LeaseRec {
+    pub resource: ResourceName,
+    pub token: u64,
+    pub owner: Arc<Owner>,
+    pub ttl: Duration,
+    pub deadline: Instant,
+    pub idempotency_key: Option<String>,
+    pub appends: VecDeque<(String, Appended)>,
+}
+
+impl LeaseRec {
+    pub fn view(&self, id: &Arc<str>, now: Instant) -> LeaseView {
+        LeaseView {
+            lease_id: id.clone(),
+            resource: self.resource.clone(),
+            token: self.token,
+            ttl: self.ttl,
+            remaining: self.deadline.saturating_duration_since(now),
+            owner: self.owner.clone(),
+        }
+    }
+
+    pub fn remember(&mut self, request_id: String, result: Appended) {
+        if self.appends.len() == REMEMBERED_APPENDS {
+            self.appends.pop_front();
+        }
+        self.appends.push_back((request_id, result));
+    }
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub resources: HashMap<ResourceName, Res>,
+    pub leases: HashMap<Arc<str>, LeaseRec>,
+    pub ended: HashMap<Arc<str>, (EndReason, ResourceName)>,
+    ended_order: VecDeque<Arc<str>>,
+    pub deadlines: BTreeSet<(Instant, Arc<str>)>,
+    pub idempotency: HashMap<(String, String), Arc<str>>,
+    pub next_waiter: u64,
+    pub closed: bool,
+}
+
+/// What the caller must do after a state change, outside the lock.
+#[derive(Default)]
+pub(super) struct Effects {
+    pub events: Vec<Event>,
+    pub grants: Vec<(ResourceName, Waiter)>,
+}
+
+impl State {
+    /// The live lease `id`, ending it first if its deadline has passed.
+    pub fn live_lease(
+        &mut self,
+        id: &str,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Result<(Arc<str>, &mut LeaseRec), CoreError> {
+        let Some((key, rec)) = self.leases.get_key_value(id) else {
+            return Err(self.ended_error(id));
+        };
+        if rec.deadline <= now {
+            let key = key.clone();
+            self.end_lease(&key, EndReason::Expired, fx);
+            return Err(self.ended_error(id));
+        }
+        let key = key.clone();
+        let rec = self.leases.get_mut(id).expect("present");
+        Ok((key, rec))
+    }
+
+    pub fn ended_error(&self, id: &str) -> CoreError {
+        match self.ended.get(id) {
+            Some((reason, resource)) => CoreError::LeaseEnded {
+                lease_id: id.to_owned(),
+                resource: resource.as_str().to_owned(),
+                reason: *reason,
+            },
+            None => CoreError::LeaseNotFound {
+                lease_id: id.to_owned(),
+            },
+        }
+    }
+
+    /// Ends a live lease, frees its resource and hands it to the next waiter.
+    pub fn end_lease(&mut self, id: &Arc<str>, reason: EndReason, fx: &mut Effects) {
+        let Some(rec) = self.leases.remove(id) else {
+            return;
+        };
+        self.deadlines.remove(&(rec.deadline, id.clone()));
+        if let Some(key) = &rec.idempotency_key {
+            self.idempotency
+                .remove(&(rec.owner.client_id.clone(), key.clone()));
+        }
+        if self.ended_order.len() == TOMBSTONES
+            && let Some(old) = self.ended_order.pop_front()
+        {
+            self.ended.remove(&old);
+        }
+        self.ended
+            .insert(id.clone(), (reason, rec.resource.clone()));
+        self.ended_order.push_back(id.clone());
+        fx.events.push(Event {
+            kind: EventKind::Ended(reason),
+            resource: rec.resource.clone(),
+            lease_id: id.clone(),
+            token: rec.token,
+            owner: rec.owner.clone(),
+            seqs: None,
+            head: None,
+            time_unix_micros: now_unix_micros(),
+        });
+        if let Some(res) = self.resources.get_mut(&rec.resource) {
+            res.holder = Holder::Free;
+        }
+        self.pump(&rec.resource, fx);
+    }
+
+    /// If `resource` is free, hands it to the first waiter still waiting (the grant itself runs
+    /// outside the lock); if nobody waits, forgets the resource's in-memory state.
+    pub fn pump(&mut self, resource: &ResourceName, fx: &mut Effects) {
+        let Some(res) = self.resources.get_mut(resource) else {
+            return;
+        };
+        if !matches!(res.holder, Holder::Free) {
+            return;
+        }
+        while let Some(waiter) = res.queue.pop_front() {
+            if waiter.tx.is_closed() {
+                continue;
+            }
+            res.holder = Holder::Granting;
+            fx.grants.push((resource.clone(), waiter));
+            return;
+        }
+        // Keep the entry while an append still holds the gate, so a new grant waits for it.
+        if res.gate.try_lock().is_ok() {
+            self.resources.remove(resource);
+        }
+    }
+
+    /// Removes a queued waiter; false if it is no longer queued (being granted, or gone).
+    pub fn remove_waiter(&mut self, resource: &ResourceName, id: u64) -> bool {
+        let Some(res) = self.resources.get_mut(resource) else {
+            return false;
+        };
+        let before = res.queue.len();
+        res.queue.retain(|w| w.id != id);
+        let removed = res.queue.len() != before;
+        if removed && res.queue.is_empty() && matches!(res.holder, Holder::Free) {
+            self.resources.remove(resource);
+        }
+        removed
+    }
+
+    /// Moves a lease's deadline.
+    pub fn set_deadline(&mut self, id: &Arc<str>, deadline: Instant) {
+        if let Some(rec) = self.leases.get_mut(id) {
+            self.deadlines.remove(&(rec.deadline, id.clone()));
+            rec.deadline = deadline;
+            self.deadlines.insert((deadline, id.clone()));
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! One resource's log in the embedded store: its files, in-memory index and head.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use super::index::{BatchRecord, Index};
+use super::paths::{self, ResourcePaths};
+use super::wal::{self, Files, Job, Msg};
+use crate::error::CoreError;
+use crate::model::{Head, StoredEntry, chain};
+use crate::resource::ResourceName;
+use crate::store::{NewBatch, ResourceLog};
+
+/// A resource's log in the embedded store.
+#[derive(Debug)]
+pub struct EmbeddedLog {
+    name: ResourceName,
+    root: PathBuf,
+    paths: ResourcePaths,
+    wal: Sender<Msg>,
+    file_ids: Arc<AtomicU64>,
+    // std Mutex: held only for in-memory updates, never across an await or I/O.
+    state: Mutex<LogState>,
+}
+
+#[derive(Debug)]
+struct LogState {
+    files: Option<Arc<Files>>,
+    index: Index,
+    head: Head,
+    blocked: Option<CoreError>,
+}
+
+impl EmbeddedLog {
+    /// Loads and verifies a resource (blocking I/O). Creates nothing.
+    pub(super) fn load(
+        root: &Path,
+        name: &ResourceName,
+        wal: Sender<Msg>,
+        file_ids: Arc<AtomicU64>,
+    ) -> Result<Self, CoreError> {
+        paths::check(root, name)?;
+        let paths = ResourcePaths::new(root, name);
+        let mut state = LogState {
+            files: None,
+            index: Index::default(),
+            head: Head::EMPTY,
+            blocked: None,
+        };
+        let data = paths::open_regular(name, &paths.data, false, false)?;
+        let index_bytes = match std::fs::read(&paths.index) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(paths::io_error(name, &paths.index, &e)),
+        };
+        let (records, index_valid) =
+            Index::parse_records(index_bytes.as_deref().unwrap_or_default()).map_err(|detail| {
+                CoreError::CorruptMetadata {
+                    resource: name.as_str().to_owned(),
+                    detail,
+                }
+            })?;
+        let modified = |detail: String| CoreError::ExternalModification {
+            resource: name.as_str().to_owned(),
+            detail,
+        };
+        match data {
+            None if !records.is_empty() => {
+                state.blocked = Some(modified(format!(
+                    "deleted: the session file is gone; {} entries were recorded",
+                    records.iter().map(|r| r.lens.len()).sum::<usize>()
+                )));
+                state.index = Index::build(records, &[]).0;
+                state.head = state.index.head();
+            }
+            None => {}
+            Some(file) => {
+                let bytes = std::fs::read(&paths.data)
+                    .map_err(|e| paths::io_error(name, &paths.data, &e))?;
+                let (index, mismatch) = Index::build(records, &bytes);
+                state.head = index.head();
+                state.index = index;
+                if let Some(m) = mismatch {
+                    state.blocked = Some(modified(m.describe()));
+                }
+                let ids = file_ids.fetch_add(1, Ordering::Relaxed);
+                state.files = Some(Arc::new(open_files(
+                    name,
+                    &paths,
+                    file,
+                    ids,
+                    index_valid as u64,
+                )?));
+            }
+        }
+        Ok(Self {
+            name: name.clone(),
+            root: root.to_path_buf(),
+            paths,
+            wal,
+            file_ids,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Creates the session file, an empty index and their directories (blocking I/O). Returns the
+/// directories whose entries changed, to be fsync'd at the next checkpoint.
+fn create_files(
+    root: &Path,
+    name: &ResourceName,
+    paths: &ResourcePaths,
+    file_ids: &AtomicU64,
+) -> Result<(Arc<Files>, Vec<PathBuf>), CoreError> {
+    let mut dirs = paths::create_parents(root, name)?;
+    let data = paths::open_regular(name, &paths.data, true, false)?
+        .expect("create(true) always yields a file");
+    dirs.push(parent(&paths.data));
+    let index_dir = parent(&paths.index);
+    let mut missing = index_dir.clone();
+    while !missing.exists() {
+        dirs.push(parent(&missing));
+        missing = parent(&missing);
+    }
+    std::fs::create_dir_all(&index_dir).map_err(|e| paths::io_error(name, &index_dir, &e))?;
+    dirs.push(index_dir);
+    let id = file_ids.fetch_add(1, Ordering::Relaxed);
+    Ok((Arc::new(open_files(name, paths, data, id, 0)?), dirs))
+}
+
+fn parent(p: &Path) -> PathBuf {
+    p.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn open_files(
+    name: &ResourceName,
+    paths: &ResourcePaths,
+    data: std::fs::File,
+    id: u64,
+    index_valid: u64,
+) -> Result<Files, CoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = data
+        .metadata()
+        .map_err(|e| paths::io_error(name, &paths.data, &e))?;
+    let index = paths::open_regular(name, &paths.index, true, true)?.expect("created");
+    // Cut a torn, never-acknowledged index tail so the next record starts on a fresh line.
+    let index_len = index
+        .metadata()
+        .map_err(|e| paths::io_error(name, &paths.index, &e))?
+        .len();
+    if index_len > index_valid {
+        index
+            .set_len(index_valid)
+            .map_err(|e| paths::io_error(name, &paths.index, &e))?;
+    }
+    Ok(Files {
+        id,
+        data,
+        index,
+        data_path: paths.data.clone(),
+        identity: (meta.dev(), meta.ino()),
+    })
+}
+
+#[async_trait]
+impl ResourceLog for EmbeddedLog {
+    fn head(&self) -> Head {
+        self.lock().head
+    }
+
+    fn exists(&self) -> bool {
+        self.lock().files.is_some()
+    }
+
+    fn last_token(&self) -> u64 {
+        self.lock().index.batches.last().map_or(0, |b| b.token)
+    }
+
+    fn blocked(&self) -> Option<CoreError> {
+        self.lock().blocked.clone()
+    }
+
+    async fn append(&self, batch: NewBatch) -> Result<Head, CoreError> {
+        let (record, hashes, data, files) = {
+            let st = self.lock();
+            if let Some(err) = &st.blocked {
+                return Err(err.clone());
+            }
+            let head = st.head;
+            let mut hashes = Vec::with_capacity(batch.entries.len());
+            let mut hash = head.chain_hash;
+            let mut data = Vec::with_capacity(batch.entries.iter().map(|e| e.len() + 1).sum());
+            for line in &batch.entries {
+                hash = chain(&hash, line);
+                hashes.push(hash);
+                data.extend_from_slice(line);
+                data.push(b'\n');
+            }
+            let record = BatchRecord {
+                epoch: batch.epoch,
+                token: batch.token,
+                seq: head.next_seq,
+                offset: head.length,
+                lens: batch
+                    .entries
+                    .iter()
+                    .map(|e| u32::try_from(e.len()).unwrap_or(u32::MAX))
+                    .collect(),
+                owner: batch.owner,
+                time: batch.time_unix_micros,
+                hash: hex::encode(hash),
+            };
+            (record, hashes, data, st.files.clone())
+        };
+        let (files, new_dirs) = match files {
+            Some(f) => (f, Vec::new()),
+            None => {
+                let (root, name, paths, ids) = (
+                    self.root.clone(),
+                    self.name.clone(),
+                    self.paths.clone(),
+                    self.file_ids.clone(),
+                );
+                let (f, dirs) =
+                    tokio::task::spawn_blocking(move || create_files(&root, &name, &paths, &ids))
+                        .await
+                        .map_err(|e| CoreError::StorageFailed {
+                            resource: self.name.as_str().to_owned(),
+                            detail: e.to_string(),
+                        })??;
+                self.lock().files = Some(f.clone());
+                (f, dirs)
+            }
+        };
+        let index_line = record.to_line();
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            name: self.name.clone(),
+            files,
+            expected_len: record.offset,
+            frame: wal::frame(&self.name, &index_line, &data),
+            data,
+            index_line,
+            new_dirs,
+            reply,
+        };
+        self.wal
+            .send(Msg::Append(job))
+            .map_err(|_| CoreError::ShuttingDown)?;
+        let outcome = rx.await.map_err(|_| CoreError::ShuttingDown)?;
+        let mut st = self.lock();
+        if let Err(e) = outcome {
+            st.blocked = Some(e.clone());
+            return Err(e);
+        }
+        let n = record.lens.len() as u64;
+        let length = record.offset + record.byte_len();
+        st.head = Head {
+            epoch: record.epoch,
+            next_seq: record.seq + n,
+            length,
+            chain_hash: *hashes.last().expect("batches are never empty"),
+        };
+        st.index.push(record, &hashes);
+        Ok(st.head)
+    }
+
+    async fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEntry>, CoreError> {
+        let (metas, batches, files) = {
+            let st = self.lock();
+            let start = usize::try_from(from_seq.max(1) - 1).unwrap_or(usize::MAX);
+            let Some(files) = st.files.clone() else {
+                return Ok(Vec::new());
+            };
+            let end = st.index.entries.len().min(start.saturating_add(limit));
+            if start >= end {
+                return Ok(Vec::new());
+            }
+            let metas = st.index.entries[start..end].to_vec();
+            let first_batch = metas[0].batch as usize;
+            let last_batch = metas[metas.len() - 1].batch as usize;
+            (
+                metas,
+                st.index.batches[first_batch..=last_batch].to_vec(),
+                files,
+            )
+        };
+        let first_seq = from_seq.max(1);
+        let name = self.name.clone();
+        let path = self.paths.data.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let start = metas[0].offset;
+            let last = metas[metas.len() - 1];
+            let mut buf =
+                vec![0u8; usize::try_from(last.offset + u64::from(last.len) - start).unwrap_or(0)];
+            files
+                .data
+                .read_exact_at(&mut buf, start)
+                .map_err(|e| paths::io_error(&name, &path, &e))?;
+            let base = metas[0].batch as usize;
+            Ok(metas
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let b = &batches[m.batch as usize - base];
+                    let off = usize::try_from(m.offset - start).unwrap_or(0);
+                    StoredEntry {
+                        seq: first_seq + i as u64,
+                        epoch: b.epoch,
+                        token: b.token,
+                        owner: b.owner.clone(),
+                        time_unix_micros: b.time,
+                        chain_hash: m.hash,
+                        data: buf[off..off + m.len as usize].to_vec(),
+                    }
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| CoreError::StorageFailed {
+            resource: self.name.as_str().to_owned(),
+            detail: e.to_string(),
+        })?
+    }
+
+    fn first_seq_at_epoch(&self, epoch: u64) -> u64 {
+        let st = self.lock();
+        let i = st.index.batches.partition_point(|b| b.epoch < epoch);
+        st.index.batches.get(i).map_or(st.head.next_seq, |b| b.seq)
+    }
+}

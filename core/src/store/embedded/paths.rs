@@ -1,0 +1,211 @@
+//! Where a resource lives on disk, and refusing paths that escape the data root.
+//!
+//! Every directory on the way to a session file must be a real directory (never a symlink) and the
+//! file itself a regular file opened with `O_NOFOLLOW`, so no name can write outside the data root.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::CoreError;
+use crate::resource::{RESERVED_SEGMENT, ResourceName};
+
+/// The on-disk locations of one resource.
+#[derive(Debug, Clone)]
+pub struct ResourcePaths {
+    /// The session file: `<root>/<name>`.
+    pub data: PathBuf,
+    /// Its entry index: `<root>/.fencepost/index/<name>.idx`.
+    pub index: PathBuf,
+}
+
+/// The server's metadata directory inside the data root.
+pub fn meta_dir(root: &Path) -> PathBuf {
+    root.join(RESERVED_SEGMENT)
+}
+
+impl ResourcePaths {
+    /// Paths of `name` under `root` (no I/O).
+    pub fn new(root: &Path, name: &ResourceName) -> Self {
+        let data = root.join(name.as_str());
+        let index = meta_dir(root)
+            .join("index")
+            .join(format!("{}.idx", name.as_str()));
+        Self { data, index }
+    }
+}
+
+fn unsafe_path(name: &ResourceName, reason: String) -> CoreError {
+    CoreError::InvalidResource {
+        name: name.as_str().to_owned(),
+        reason,
+    }
+}
+
+/// Checks the existing part of `name`'s path under `root`: every existing ancestor is a real
+/// directory and an existing final component is a regular file. Creates nothing.
+///
+/// # Errors
+/// [`CoreError::InvalidResource`] naming the segment that is a symlink, a file where a directory is
+/// needed, or a special file; [`CoreError::StorageFailed`] on other I/O errors.
+pub fn check(root: &Path, name: &ResourceName) -> Result<(), CoreError> {
+    walk(root, name, false).map(|_| ())
+}
+
+/// Like [`check`], then creates missing directories. Returns the directories whose entries
+/// changed (parents of what was created), to be fsync'd before the creation is relied upon.
+///
+/// # Errors
+/// As [`check`].
+pub fn create_parents(root: &Path, name: &ResourceName) -> Result<Vec<PathBuf>, CoreError> {
+    walk(root, name, true)
+}
+
+fn walk(root: &Path, name: &ResourceName, create: bool) -> Result<Vec<PathBuf>, CoreError> {
+    let segments: Vec<&str> = name.segments().collect();
+    let mut dir = root.to_path_buf();
+    let mut changed = Vec::new();
+    for (i, seg) in segments.iter().enumerate() {
+        let path = dir.join(seg);
+        let last = i + 1 == segments.len();
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(unsafe_path(
+                    name,
+                    format!(
+                        "segment {} ({seg}) is a symbolic link on disk; fencepost never follows links",
+                        i + 1
+                    ),
+                ));
+            }
+            Ok(meta) if last && !meta.is_file() => {
+                return Err(unsafe_path(
+                    name,
+                    format!(
+                        "segment {} ({seg}) exists on disk and is not a regular file",
+                        i + 1
+                    ),
+                ));
+            }
+            Ok(meta) if !last && !meta.is_dir() => {
+                return Err(unsafe_path(
+                    name,
+                    format!(
+                        "segment {} ({seg}) exists on disk and is not a directory",
+                        i + 1
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !create || last {
+                    return Ok(changed);
+                }
+                match fs::create_dir(&path) {
+                    Ok(()) => changed.push(dir.clone()),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_error(name, &path, &e)),
+                }
+            }
+            Err(e) => return Err(io_error(name, &path, &e)),
+        }
+        dir = path;
+    }
+    Ok(changed)
+}
+
+/// Opens (optionally creating) a regular file without following a final symlink and without
+/// blocking on a FIFO, and checks that it is a regular file.
+///
+/// # Errors
+/// [`CoreError::InvalidResource`] if it is a link or not a regular file; [`CoreError::StorageFailed`].
+pub fn open_regular(
+    name: &ResourceName,
+    path: &Path,
+    create: bool,
+    append: bool,
+) -> Result<Option<File>, CoreError> {
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .mode(0o644);
+    if append {
+        opts.append(true);
+    } else {
+        opts.write(true);
+    }
+    if create {
+        opts.create(true);
+    }
+    let file = match opts.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(unsafe_path(
+                name,
+                format!(
+                    "{} is a symbolic link; fencepost never follows links",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) => return Err(io_error(name, path, &e)),
+    };
+    let meta = file.metadata().map_err(|e| io_error(name, path, &e))?;
+    if !meta.is_file() {
+        return Err(unsafe_path(
+            name,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(Some(file))
+}
+
+/// fsyncs a directory so that entries created in it survive power loss.
+///
+/// # Errors
+/// The I/O error.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A storage error naming the path.
+pub fn io_error(name: &ResourceName, path: &Path, e: &io::Error) -> CoreError {
+    CoreError::StorageFailed {
+        resource: name.as_str().to_owned(),
+        detail: format!("{}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_and_files_on_the_path_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("evil")).unwrap();
+        fs::write(root.path().join("plain"), b"x").unwrap();
+        for bad in ["evil/s.jsonl", "plain/s.jsonl", "evil"] {
+            let name = ResourceName::parse(bad).unwrap();
+            let err = create_parents(root.path(), &name).unwrap_err();
+            assert_eq!(err.reason(), "INVALID_RESOURCE", "{bad}: {err}");
+        }
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn missing_directories_are_created_and_reported() {
+        let root = tempfile::tempdir().unwrap();
+        let name = ResourceName::parse("a/b/c.jsonl").unwrap();
+        let changed = create_parents(root.path(), &name).unwrap();
+        assert_eq!(
+            changed,
+            vec![root.path().to_path_buf(), root.path().join("a")]
+        );
+        assert!(root.path().join("a/b").is_dir());
+        assert!(!root.path().join("a/b/c.jsonl").exists());
+    }
+}

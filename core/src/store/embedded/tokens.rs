@@ -1,0 +1,99 @@
+//! Fencing tokens that never repeat: issued from memory under a durable ceiling.
+//!
+//! The ceiling file holds a number above every token issued so far. It is raised by a block
+//! (write, fsync, rename, fsync the directory) before any token above the old ceiling is handed
+//! out, so after a crash the next token starts above anything ever issued, at one fsync per block.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use tokio::sync::Mutex;
+
+use super::paths::sync_dir;
+
+/// Tokens reserved per ceiling raise.
+const BLOCK: u64 = 4096;
+
+/// The token allocator of one data dir (tokens are unique across all its resources).
+#[derive(Debug)]
+pub struct Tokens {
+    path: PathBuf,
+    // Async mutex: raising the ceiling awaits a blocking fsync.
+    state: Mutex<(u64, u64)>,
+}
+
+impl Tokens {
+    /// Loads the ceiling from `path` (missing = 0).
+    ///
+    /// # Errors
+    /// An unreadable or malformed ceiling file: starting anyway could reuse tokens.
+    pub fn load(path: PathBuf) -> io::Result<Self> {
+        let ceiling = match fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse::<u64>().map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "token ceiling {} is malformed ({e}); refusing to risk reusing tokens",
+                        path.display()
+                    ),
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            path,
+            state: Mutex::new((ceiling + 1, ceiling)),
+        })
+    }
+
+    /// The next token, durable: strictly above every token issued before, across restarts.
+    ///
+    /// # Errors
+    /// The I/O error raising the ceiling; no token is issued then.
+    pub async fn next(&self) -> io::Result<u64> {
+        let mut state = self.state.lock().await;
+        let (next, ceiling) = *state;
+        if next > ceiling {
+            let raised = ceiling + BLOCK;
+            let path = self.path.clone();
+            tokio::task::spawn_blocking(move || persist(&path, raised))
+                .await
+                .map_err(io::Error::other)??;
+            state.1 = raised;
+        }
+        state.0 = next + 1;
+        Ok(next)
+    }
+}
+
+fn persist(path: &PathBuf, ceiling: u64) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    writeln!(f, "{ceiling}")?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tokens_continue_above_everything_issued_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let first = Tokens::load(path.clone()).unwrap();
+        let mut last = 0;
+        for _ in 0..10 {
+            let t = first.next().await.unwrap();
+            assert!(t > last);
+            last = t;
+        }
+        drop(first); // a crash: no clean shutdown
+        let second = Tokens::load(path).unwrap();
+        assert!(second.next().await.unwrap() > last);
+    }
+}

@@ -1,0 +1,345 @@
+//! The write-ahead log and its group-commit writer thread.
+//!
+//! Every accepted batch is framed into one WAL record; the writer drains all pending batches,
+//! writes their records, and makes them durable with one `fdatasync` for the whole group, across
+//! resources. Only then does it write the lines into the session files and their indexes (page
+//! cache), and acknowledge. Session files are fsync'd at checkpoints, after which the WAL is reset;
+//! on start, [`super::replay`] re-applies whatever the WAL holds beyond the last checkpoint.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+
+use tokio::sync::oneshot;
+
+use super::paths::sync_dir;
+use crate::error::CoreError;
+use crate::resource::ResourceName;
+
+/// WAL size after which the writer checkpoints.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Most batches committed by one fdatasync.
+const MAX_GROUP: usize = 1024;
+
+/// The open files of one resource.
+#[derive(Debug)]
+pub struct Files {
+    /// Process-unique id, for the dirty set.
+    pub id: u64,
+    /// The session file (positional writes).
+    pub data: File,
+    /// The index file (append mode).
+    pub index: File,
+    /// Where the session file lives, to detect replacement.
+    pub data_path: PathBuf,
+    /// (device, inode) of the session file when opened.
+    pub identity: (u64, u64),
+}
+
+/// One batch for the writer.
+#[derive(Debug)]
+pub struct Job {
+    /// The resource.
+    pub name: ResourceName,
+    /// Its files.
+    pub files: Arc<Files>,
+    /// Session file length the batch expects (the head's length).
+    pub expected_len: u64,
+    /// The framed WAL record.
+    pub frame: Vec<u8>,
+    /// The lines with newlines, to write at `expected_len`.
+    pub data: Vec<u8>,
+    /// The index line.
+    pub index_line: Vec<u8>,
+    /// Directories whose entries changed to create these files, fsync'd at the next checkpoint.
+    pub new_dirs: Vec<PathBuf>,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<(), CoreError>>,
+}
+
+/// Messages to the writer.
+#[derive(Debug)]
+pub enum Msg {
+    /// Commit a batch.
+    Append(Job),
+    /// Sync every written file and reset the WAL.
+    Checkpoint(oneshot::Sender<io::Result<()>>),
+}
+
+/// Frames one record: `[len u32 LE][crc32 u32 LE][name \n record-json \n data]`.
+pub fn frame(name: &ResourceName, record_line: &[u8], data: &[u8]) -> Vec<u8> {
+    let len = name.as_str().len() + 1 + record_line.len() + data.len();
+    let mut out = Vec::with_capacity(8 + len);
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(record_line);
+    out.extend_from_slice(data);
+    let crc = crc32fast::hash(&out[8..]);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// One decoded record.
+#[derive(Debug)]
+pub struct Record<'a> {
+    /// Resource name.
+    pub name: &'a str,
+    /// The index line (without newline).
+    pub record_line: &'a [u8],
+    /// The lines with newlines.
+    pub data: &'a [u8],
+}
+
+/// Decodes records until the end or the first torn/corrupt frame. Returns them and the length
+/// of the valid prefix.
+pub fn decode(bytes: &[u8]) -> (Vec<Record<'_>>, usize) {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while bytes.len() - pos >= 8 {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes"));
+        let Some(payload) = bytes.get(pos + 8..pos + 8 + len) else {
+            break;
+        };
+        if len == 0 || crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Some(n1) = payload.iter().position(|b| *b == b'\n') else {
+            break;
+        };
+        let Some(n2) = payload[n1 + 1..].iter().position(|b| *b == b'\n') else {
+            break;
+        };
+        let Ok(name) = std::str::from_utf8(&payload[..n1]) else {
+            break;
+        };
+        out.push(Record {
+            name,
+            record_line: &payload[n1 + 1..n1 + 1 + n2],
+            data: &payload[n1 + 2 + n2..],
+        });
+        pos += 8 + len;
+    }
+    (out, pos)
+}
+
+/// Starts the writer thread on an open, empty WAL file.
+pub fn spawn(wal: File, wal_dir: PathBuf) -> io::Result<Sender<Msg>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("fencepost-wal".into())
+        .spawn(move || Writer::new(wal, wal_dir).run(&rx))?;
+    Ok(tx)
+}
+
+struct Writer {
+    wal: File,
+    wal_dir: PathBuf,
+    size: u64,
+    dirty: HashMap<u64, Arc<Files>>,
+    dirty_dirs: Vec<PathBuf>,
+    broken: Option<String>,
+}
+
+impl Writer {
+    fn new(wal: File, wal_dir: PathBuf) -> Self {
+        Self {
+            wal,
+            wal_dir,
+            size: 0,
+            dirty: HashMap::new(),
+            dirty_dirs: Vec::new(),
+            broken: None,
+        }
+    }
+
+    fn run(mut self, rx: &Receiver<Msg>) {
+        while let Ok(msg) = rx.recv() {
+            let mut group = Vec::new();
+            let mut checkpoints = Vec::new();
+            let mut next = Some(msg);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Append(job) => group.push(job),
+                    Msg::Checkpoint(reply) => checkpoints.push(reply),
+                }
+                if group.len() < MAX_GROUP {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                self.commit(group);
+            }
+            if !checkpoints.is_empty() || self.size >= CHECKPOINT_BYTES {
+                let result = self.checkpoint();
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "checkpoint failed; the WAL is kept");
+                }
+                for reply in checkpoints {
+                    let _ = reply.send(
+                        result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+                    );
+                }
+            }
+        }
+        if let Err(e) = self.checkpoint() {
+            tracing::error!(error = %e, "final checkpoint failed; the WAL will be replayed on start");
+        }
+    }
+
+    fn commit(&mut self, group: Vec<Job>) {
+        let mut ready = Vec::with_capacity(group.len());
+        let mut buf = Vec::new();
+        for job in group {
+            if let Some(detail) = &self.broken {
+                let _ = job.reply.send(Err(store_failed("*", detail)));
+                continue;
+            }
+            match tamper_check(&job) {
+                Ok(()) => {
+                    buf.extend_from_slice(&job.frame);
+                    ready.push(job);
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        if let Err(e) = self.wal.write_all(&buf).and_then(|()| self.wal.sync_data()) {
+            let detail = format!("write-ahead log write or fsync failed: {e}");
+            tracing::error!(error = %e, "WAL write failed; the store stops accepting writes");
+            for job in ready {
+                let _ = job.reply.send(Err(store_failed("*", &detail)));
+            }
+            self.broken = Some(detail);
+            return;
+        }
+        self.size += buf.len() as u64;
+        for job in ready {
+            let result = job
+                .files
+                .data
+                .write_all_at(&job.data, job.expected_len)
+                .and_then(|()| (&job.files.index).write_all(&job.index_line));
+            let reply = match result {
+                Ok(()) => {
+                    self.dirty
+                        .entry(job.files.id)
+                        .or_insert_with(|| job.files.clone());
+                    self.dirty_dirs.extend(job.new_dirs);
+                    Ok(())
+                }
+                Err(e) => Err(store_failed(
+                    job.name.as_str(),
+                    &format!("writing {} failed: {e}", job.files.data_path.display()),
+                )),
+            };
+            let _ = job.reply.send(reply);
+        }
+    }
+
+    fn checkpoint(&mut self) -> io::Result<()> {
+        if self.broken.is_some() {
+            return Err(io::Error::other(
+                "the store is stopped after a write failure",
+            ));
+        }
+        for files in self.dirty.values() {
+            files.data.sync_data()?;
+            files.index.sync_data()?;
+        }
+        self.dirty_dirs.sort();
+        self.dirty_dirs.dedup();
+        for dir in &self.dirty_dirs {
+            sync_dir(dir)?;
+        }
+        self.dirty.clear();
+        self.dirty_dirs.clear();
+        self.wal.set_len(0)?;
+        self.wal.sync_all()?;
+        sync_dir(&self.wal_dir)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// Refuses a batch whose session file is not the one, or not as long as, the server left it.
+fn tamper_check(job: &Job) -> Result<(), CoreError> {
+    let modified = |detail: String| CoreError::ExternalModification {
+        resource: job.name.as_str().to_owned(),
+        detail,
+    };
+    match std::fs::symlink_metadata(&job.files.data_path) {
+        Ok(m) if (m.dev(), m.ino()) == job.files.identity => {}
+        Ok(_) => {
+            return Err(modified(
+                "replaced: the session file is a different file now".into(),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(modified("deleted: the session file is gone".into()));
+        }
+        Err(e) => return Err(store_failed(job.name.as_str(), &e.to_string())),
+    }
+    let len = job
+        .files
+        .data
+        .metadata()
+        .map_err(|e| store_failed(job.name.as_str(), &e.to_string()))?
+        .len();
+    match len.cmp(&job.expected_len) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Greater => Err(modified(format!(
+            "appended: {} foreign bytes at {}..{len}",
+            len - job.expected_len,
+            job.expected_len
+        ))),
+        std::cmp::Ordering::Less => Err(modified(format!(
+            "truncated: {len} bytes on disk, {} recorded",
+            job.expected_len
+        ))),
+    }
+}
+
+fn store_failed(resource: &str, detail: &str) -> CoreError {
+    CoreError::StorageFailed {
+        resource: resource.to_owned(),
+        detail: detail.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_a_torn_tail_is_cut() {
+        let name = ResourceName::parse("a/b.jsonl").unwrap();
+        let mut bytes = frame(&name, b"{\"epoch\":1}\n", b"{}\n{}\n");
+        bytes.extend(frame(&name, b"{\"epoch\":2}\n", b"{\"x\":1}\n"));
+        let full = bytes.len();
+        bytes.extend(&frame(&name, b"{\"epoch\":3}\n", b"{}\n")[..10]);
+        let (records, valid) = decode(&bytes);
+        assert_eq!(valid, full);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].name, "a/b.jsonl");
+        assert_eq!(records[0].record_line, b"{\"epoch\":1}");
+        assert_eq!(records[1].data, b"{\"x\":1}\n");
+
+        let mut flipped = bytes.clone();
+        flipped[12] ^= 1;
+        assert_eq!(decode(&flipped).0.len(), 0);
+    }
+}

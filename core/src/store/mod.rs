@@ -1,0 +1,83 @@
+//! The narrow storage interface the lease layer uses, and its backends.
+//!
+//! A backend issues durable fencing tokens and gives each resource a log that appends batches
+//! durably and reads them back. Everything about leases and waiting lives above this line.
+
+pub mod embedded;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::CoreError;
+use crate::model::{Head, Owner, StoredEntry};
+use crate::resource::ResourceName;
+
+/// A batch ready to be written: validated entries plus the metadata the lease layer decided.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    /// Write epoch of this batch (the head's epoch + 1).
+    pub epoch: u64,
+    /// Token it is appended under.
+    pub token: u64,
+    /// Who appends it.
+    pub owner: Arc<Owner>,
+    /// Server time, microseconds since the Unix epoch.
+    pub time_unix_micros: u64,
+    /// The lines, without newlines.
+    pub entries: Vec<Vec<u8>>,
+}
+
+/// A storage backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Opens a resource's log, recovering and verifying it. Does not create the file.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidResource`] when the path is unsafe (symlink, not a directory), or a
+    /// storage or metadata error.
+    async fn open(&self, name: &ResourceName) -> Result<Arc<dyn ResourceLog>, CoreError>;
+
+    /// Issues a fencing token for `name`, durable before it returns: strictly greater than any
+    /// token ever issued for it, across crashes and restarts.
+    ///
+    /// # Errors
+    /// A storage error; no token is issued then.
+    async fn issue_token(&self, name: &ResourceName) -> Result<u64, CoreError>;
+
+    /// Makes everything written so far durable and stops background work (clean shutdown).
+    async fn close(&self);
+}
+
+/// One resource's log. Appends are serialized by the caller (one at a time per resource).
+#[async_trait]
+pub trait ResourceLog: Send + Sync {
+    /// The current head.
+    fn head(&self) -> Head;
+
+    /// True if the session file exists.
+    fn exists(&self) -> bool;
+
+    /// Token of the newest stored batch (0 if none).
+    fn last_token(&self) -> u64;
+
+    /// The problem that stops appends to this resource, if any (external modification, failed
+    /// write), as an error to return.
+    fn blocked(&self) -> Option<CoreError>;
+
+    /// Appends a batch, durable before it returns; all entries or none.
+    ///
+    /// # Errors
+    /// [`CoreError::ExternalModification`] if the file changed behind the server's back,
+    /// [`CoreError::StorageFailed`] if a write or fsync failed (the log then refuses all appends).
+    async fn append(&self, batch: NewBatch) -> Result<Head, CoreError>;
+
+    /// Entries from `from_seq` on, at most `limit`.
+    ///
+    /// # Errors
+    /// A storage error.
+    async fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEntry>, CoreError>;
+
+    /// The seq of the first entry whose epoch is at least `epoch` (the head's next seq if none).
+    fn first_seq_at_epoch(&self, epoch: u64) -> u64;
+}
