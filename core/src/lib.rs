@@ -12,7 +12,7 @@ pub mod store;
 
 pub use config::Limits;
 pub use error::CoreError;
-pub use lease::append::ReadFrom;
+pub use lease::ReadFrom;
 pub use lease::{Core, EndReason};
 pub use model::{Head, Owner, OwnerKind, StoredEntry};
 pub use resource::ResourceName;

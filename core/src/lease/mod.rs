@@ -4,7 +4,7 @@
 //! await. Side effects decided under the lock (events to publish, grants to run) are carried out
 //! after it is released, see [`Inner::apply`].
 
-pub mod append;
+mod append;
 mod expiry;
 mod grant;
 mod state;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast, oneshot};
 use tokio::time::Instant;
 
+pub use self::append::ReadFrom;
 use self::state::{Effects, Holder, State, Waiter};
 pub use self::types::{
     AcquireArgs, AppendArgs, Appended, Description, EndReason, Event, EventKind, Grant,
@@ -209,6 +210,19 @@ impl Core {
         }
     }
 
+    /// The status of a lease, without renewing it.
+    #[must_use]
+    pub fn lease_status(&self, lease_id: &str) -> LeaseStatus {
+        let st = self.inner.lock();
+        match st.leases.get(lease_id) {
+            Some(rec) => LeaseStatus::Alive(rec.deadline.saturating_duration_since(Instant::now())),
+            None => match st.ended.get(lease_id) {
+                Some((reason, _)) => LeaseStatus::Ended(*reason),
+                None => LeaseStatus::Unknown,
+            },
+        }
+    }
+
     /// Releases a lease and wakes the next waiter. Releasing an ended lease answers how it ended.
     ///
     /// # Errors
@@ -317,15 +331,19 @@ impl Core {
         self.inner.events.subscribe()
     }
 
-    /// Stops granting, fails waiters, stops the expiry task and makes the store durable.
-    pub async fn shutdown(&self) {
-        {
-            let mut st = self.inner.lock();
-            st.closed = true;
-            for res in st.resources.values_mut() {
-                res.queue.clear();
-            }
+    /// Stops granting: queued and new Acquires fail with [`CoreError::ShuttingDown`]. Appends
+    /// under live leases still work while the server drains.
+    pub fn stop(&self) {
+        let mut st = self.inner.lock();
+        st.closed = true;
+        for res in st.resources.values_mut() {
+            res.queue.clear();
         }
+    }
+
+    /// [`Core::stop`], then stops the expiry task and makes the store durable.
+    pub async fn shutdown(&self) {
+        self.stop();
         self.inner.expiry.notify_one();
         self.inner.store.close().await;
     }

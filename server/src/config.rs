@@ -1,0 +1,109 @@
+//! Server configuration: one typed struct, flags with `FENCEPOST_*` environment fallbacks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use fencepost_core::Limits;
+
+/// `fencepost`: lease-and-fence coordination for append-only session files.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "fencepost", version, about)]
+pub struct Config {
+    /// Listen address: `host:port` (port 0 picks one) or `unix:/path/to.sock`.
+    #[arg(long, env = "FENCEPOST_LISTEN", default_value = "127.0.0.1:7420")]
+    pub listen: String,
+
+    /// Data directory of the embedded store (session files live here).
+    #[arg(long, env = "FENCEPOST_DATA_DIR", default_value = "./fencepost-data")]
+    pub data_dir: PathBuf,
+
+    /// Lease TTL when a client asks for none.
+    #[arg(long, env = "FENCEPOST_DEFAULT_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub default_ttl: Duration,
+
+    /// Largest TTL a client may ask for.
+    #[arg(long, env = "FENCEPOST_MAX_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub max_ttl: Duration,
+
+    /// Largest Acquire wait a client may ask for.
+    #[arg(long, env = "FENCEPOST_MAX_WAIT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_wait: Duration,
+
+    /// Largest single entry, in bytes.
+    #[arg(long, env = "FENCEPOST_MAX_ENTRY_BYTES", default_value_t = 1 << 20)]
+    pub max_entry_bytes: usize,
+
+    /// Largest batch, in bytes (entries plus newlines).
+    #[arg(long, env = "FENCEPOST_MAX_BATCH_BYTES", default_value_t = 4 << 20)]
+    pub max_batch_bytes: usize,
+
+    /// Log format on stderr.
+    #[arg(long, env = "FENCEPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A parsed `--listen` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// TCP `host:port`.
+    Tcp(String),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl Config {
+    /// The listen address.
+    ///
+    /// # Errors
+    /// An empty Unix socket path.
+    pub fn listen_addr(&self) -> Result<ListenAddr, String> {
+        match self.listen.strip_prefix("unix:") {
+            Some("") => {
+                Err("--listen unix: needs a socket path, e.g. unix:/run/fencepost.sock".into())
+            }
+            Some(path) => Ok(ListenAddr::Unix(PathBuf::from(path))),
+            None => Ok(ListenAddr::Tcp(self.listen.clone())),
+        }
+    }
+
+    /// The core limits.
+    ///
+    /// # Errors
+    /// Inconsistent limits, named.
+    pub fn limits(&self) -> Result<Limits, String> {
+        let defaults = Limits::default();
+        let limits = Limits {
+            default_ttl: self.default_ttl,
+            max_ttl: self.max_ttl,
+            max_wait: self.max_wait,
+            max_entry_bytes: self.max_entry_bytes,
+            max_batch_bytes: self.max_batch_bytes,
+            ..defaults
+        };
+        if limits.default_ttl > limits.max_ttl || limits.default_ttl < limits.min_ttl {
+            return Err(format!(
+                "--default-ttl must be between {:?} and --max-ttl ({:?})",
+                limits.min_ttl, limits.max_ttl
+            ));
+        }
+        if limits.max_entry_bytes == 0 || limits.max_entry_bytes > limits.max_batch_bytes {
+            return Err(
+                "--max-entry-bytes must be at least 1 and at most --max-batch-bytes".into(),
+            );
+        }
+        if limits.max_batch_bytes > 64 << 20 {
+            return Err("--max-batch-bytes is capped at 64 MiB".into());
+        }
+        Ok(limits)
+    }
+}

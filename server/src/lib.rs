@@ -1,0 +1,98 @@
+//! fencepost-server: serves the `fencepost.v1` API, gRPC health and reflection over a [`Core`].
+
+pub mod config;
+pub mod convert;
+pub mod service;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use fencepost as proto;
+use fencepost_core::Core;
+use proto::v1::fencepost_server::FencepostServer;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use service::Service;
+
+/// Where the server accepts connections.
+pub enum Listener {
+    /// A bound TCP listener.
+    Tcp(tokio::net::TcpListener),
+    /// A bound Unix socket listener and its path (removed when serving ends).
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+/// Errors serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptor set.
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves `core` on `listener` until `shutdown` resolves, then drains: new Acquires are refused,
+/// long-lived streams end, in-flight calls finish, and the store is made durable.
+///
+/// # Errors
+/// A transport failure.
+pub async fn serve(
+    listener: Listener,
+    core: Core,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let limits = core.limits().clone();
+    let streams_done = CancellationToken::new();
+    let api = FencepostServer::new(Service::new(core.clone(), streams_done.clone()))
+        .max_decoding_message_size(
+            limits.max_batch_bytes + limits.max_batch_entries * 16 + 64 * 1024,
+        );
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<FencepostServer<Service>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let stopping = {
+        let core = core.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: refusing new leases, draining in-flight calls");
+            core.stop();
+            health_reporter
+                .set_not_serving::<FencepostServer<Service>>()
+                .await;
+            streams_done.cancel();
+        }
+    };
+    let router = Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(api);
+    let result = match listener {
+        Listener::Tcp(l) => {
+            let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, stopping)
+                .await
+        }
+        Listener::Unix(l, path) => {
+            let result = router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(l), stopping)
+                .await;
+            let _ = std::fs::remove_file(path);
+            result
+        }
+    };
+    core.shutdown().await;
+    tracing::info!("stopped");
+    Ok(result?)
+}

@@ -1,0 +1,123 @@
+//! The `fencepost` server binary: reads config, starts tracing, opens the store, binds, serves.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use fencepost_core::Core;
+use fencepost_core::store::embedded::EmbeddedStore;
+use fencepost_server::config::{Config, ListenAddr, LogFormat};
+use fencepost_server::{Listener, serve};
+use tokio::signal::unix::{SignalKind, signal};
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => fail(&msg),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    tracing::error!("{msg}");
+    eprintln!("fencepost: {msg}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let limits = config.limits()?;
+    let addr = config.listen_addr()?;
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot open data dir {}: {e}", config.data_dir.display()))?;
+    let report = store.replay_report();
+    tracing::info!(
+        data_dir = %store.root().display(),
+        replayed_records = report.records,
+        replayed_resources = report.resources,
+        torn_wal_bytes = report.torn_bytes,
+        "store open"
+    );
+    let (listener, shown) = bind(&addr).await?;
+    let core = Core::new(Arc::new(store), limits);
+    // The readiness signal: one JSON line on stdout once the socket is bound.
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "addr": shown})
+    );
+    tracing::info!(addr = %shown, "listening");
+    serve(listener, core, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn bind(addr: &ListenAddr) -> Result<(Listener, String), String> {
+    match addr {
+        ListenAddr::Tcp(a) => {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot listen on {a}: {e}"))?;
+            let local = l.local_addr().map_err(|e| e.to_string())?;
+            Ok((Listener::Tcp(l), local.to_string()))
+        }
+        ListenAddr::Unix(path) => {
+            if path.exists() {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(format!("{} is in use by a running server", path.display()));
+                }
+                // A socket left behind by a crashed server.
+                std::fs::remove_file(path)
+                    .map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?;
+            }
+            let l = tokio::net::UnixListener::bind(path)
+                .map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))?;
+            Ok((
+                Listener::Unix(l, path.clone()),
+                format!("unix:{}", path.display()),
+            ))
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("fencepost: second signal, exiting now");
+        std::process::exit(130);
+    });
+}
