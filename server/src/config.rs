@@ -38,6 +38,10 @@ pub struct Config {
     #[arg(long, env = "FENCEPOST_MAX_BATCH_BYTES", default_value_t = 4 << 20)]
     pub max_batch_bytes: usize,
 
+    /// How long a shutdown waits for in-flight calls and open connections before closing them.
+    #[arg(long, env = "FENCEPOST_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
     /// Log format on stderr.
     #[arg(long, env = "FENCEPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -44,6 +44,7 @@ pub enum ServeError {
 pub async fn serve(
     listener: Listener,
     core: Core,
+    drain_timeout: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let limits = core.limits().clone();
@@ -61,6 +62,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let stopping = {
         let core = core.clone();
         async move {
@@ -71,6 +73,19 @@ pub async fn serve(
                 .set_not_serving::<FencepostServer<Service>>()
                 .await;
             streams_done.cancel();
+            let _ = stopped_tx.send(());
+        }
+    };
+    // Clients that never close their idle connections must not hold the server up forever.
+    let drain_deadline = async move {
+        if stopped_rx.await.is_ok() {
+            tokio::time::sleep(drain_timeout).await;
+            tracing::warn!(
+                ?drain_timeout,
+                "drain timed out; closing remaining connections"
+            );
+        } else {
+            std::future::pending::<()>().await;
         }
     };
     let router = Server::builder()
@@ -80,14 +95,16 @@ pub async fn serve(
     let result = match listener {
         Listener::Tcp(l) => {
             let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
-            router
-                .serve_with_incoming_shutdown(incoming, stopping)
-                .await
+            tokio::select! {
+                r = router.serve_with_incoming_shutdown(incoming, stopping) => r,
+                () = drain_deadline => Ok(()),
+            }
         }
         Listener::Unix(l, path) => {
-            let result = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(l), stopping)
-                .await;
+            let result = tokio::select! {
+                r = router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stopping) => r,
+                () = drain_deadline => Ok(()),
+            };
             let _ = std::fs::remove_file(path);
             result
         }

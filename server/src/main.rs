@@ -45,11 +45,18 @@ fn init_tracing(format: LogFormat) {
 async fn run(config: Config) -> Result<(), String> {
     let limits = config.limits()?;
     let addr = config.listen_addr()?;
+    // Refuse a busy address before opening (and so creating) the data dir.
+    let (listener, shown) = bind(&addr).await?;
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir))
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot open data dir {}: {e}", config.data_dir.display()))?;
+        .map_err(|e| {
+            if let ListenAddr::Unix(path) = &addr {
+                let _ = std::fs::remove_file(path);
+            }
+            format!("cannot open data dir {}: {e}", config.data_dir.display())
+        })?;
     let report = store.replay_report();
     tracing::info!(
         data_dir = %store.root().display(),
@@ -58,7 +65,6 @@ async fn run(config: Config) -> Result<(), String> {
         torn_wal_bytes = report.torn_bytes,
         "store open"
     );
-    let (listener, shown) = bind(&addr).await?;
     let core = Core::new(Arc::new(store), limits);
     // The readiness signal: one JSON line on stdout once the socket is bound.
     println!(
@@ -66,7 +72,7 @@ async fn run(config: Config) -> Result<(), String> {
         serde_json::json!({"event": "listening", "addr": shown})
     );
     tracing::info!(addr = %shown, "listening");
-    serve(listener, core, shutdown_signal())
+    serve(listener, core, config.drain_timeout, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }

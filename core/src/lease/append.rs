@@ -71,16 +71,18 @@ impl Core {
 }
 
 async fn append_fenced(inner: Arc<Inner>, args: AppendArgs) -> Result<Appended, CoreError> {
-    let gate = {
-        let st = inner.lock();
-        match st.resources.get(&args.resource) {
-            Some(res) => res.gate.clone(),
-            None => {
-                return Err(check_lease(&inner, &args)
-                    .err()
-                    .unwrap_or_else(|| st.ended_error(&args.lease_id)));
-            }
-        }
+    let gate = inner
+        .lock()
+        .resources
+        .get(&args.resource)
+        .map(|res| res.gate.clone());
+    let Some(gate) = gate else {
+        // No live lease can cover a resource without state; say precisely why.
+        let err = match check_lease(&inner, &args) {
+            Err(e) => e,
+            Ok(_) => inner.lock().ended_error(&args.lease_id),
+        };
+        return Err(err);
     };
     let _gate = gate.lock_owned().await;
     let (log, owner) = match check_lease(&inner, &args)? {

@@ -306,7 +306,7 @@ impl Core {
             waiters,
             head: log.head(),
             exists: log.exists(),
-            blocked: log.blocked().map(|e| e.to_string()),
+            blocked: log.blocked().map(|e| format!("{}: {e}", e.reason())),
         })
     }
 
@@ -435,3 +435,6 @@ impl Drop for QueueGuard<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! `fencepostctl`, the fencepost command-line client: clap wiring and dispatch. Each command
+//! lives in its own module; `output` defines the JSON, `exit` the exit codes.
+
+mod commands;
+mod exit;
+mod inspect;
+mod keepalive;
+mod output;
+mod signals;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fencepost_client::{Client, OwnerKind};
+
+use crate::exit::Failure;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fencepostctl",
+    version,
+    about = "Acquire fencepost leases and append fenced entries from scripts. Output is JSON, \
+             one object per line.",
+    after_help = "Exit codes: 0 success, 1 other failure (e.g. server unreachable), 2 bad input \
+                  or usage, 3 fencing rejection (stale token, lease lost, head mismatch, external \
+                  modification), 4 timed out waiting for a lease."
+)]
+struct Cli {
+    /// Server endpoint: http://host:port or unix:/path/to.sock.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FENCEPOST_ENDPOINT",
+        value_name = "URI",
+        default_value = "http://127.0.0.1:7420"
+    )]
+    endpoint: String,
+    /// Owner client id (default: a fresh UUID per run). Keep it stable across runs to make
+    /// `acquire --idempotency-key` retries return the same lease.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FENCEPOST_CLIENT_ID",
+        value_name = "ID"
+    )]
+    client_id: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Acquire an exclusive lease and print it (lease_id, token, ttl_ms, epoch, head).
+    Acquire(commands::AcquireArgs),
+    /// Append the JSON lines on stdin as one atomic batch under a lease and its token.
+    Append(commands::AppendArgs),
+    /// Release a lease (--lease ID), or force-release whatever holds the resource (--force).
+    Release(commands::ReleaseArgs),
+    /// Renew a lease once and print the remaining TTL.
+    Renew(commands::RenewArgs),
+    /// Keep a lease alive until interrupted; exits 3 when the lease is lost.
+    Keepalive(keepalive::KeepaliveArgs),
+    /// Print the entries of a resource, one JSON line each.
+    Read(inspect::ReadArgs),
+    /// Print the holder, token, epoch, waiters and head of a resource.
+    Describe(inspect::DescribeArgs),
+    /// Print the live leases, one JSON line each.
+    List(inspect::ListArgs),
+    /// Print lease and append events for a resource or prefix until interrupted.
+    Watch(inspect::WatchArgs),
+}
+
+/// The owner kinds, as accepted by --kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KindArg {
+    Runner,
+    Heartbeat,
+    Cron,
+    Channel,
+    Cli,
+    Other,
+}
+
+impl From<KindArg> for OwnerKind {
+    fn from(kind: KindArg) -> Self {
+        match kind {
+            KindArg::Runner => Self::Runner,
+            KindArg::Heartbeat => Self::Heartbeat,
+            KindArg::Cron => Self::Cron,
+            KindArg::Channel => Self::Channel,
+            KindArg::Cli => Self::Cli,
+            KindArg::Other => Self::Other,
+        }
+    }
+}
+
+/// `250ms`, `10s`, `2m`, `1h 30m`.
+fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// Where to connect and as which client id; each command connects with its own owner.
+#[derive(Debug)]
+struct Connection {
+    endpoint: String,
+    client_id: Option<String>,
+}
+
+impl Connection {
+    /// Connects with the given owner name (default `fencepostctl@<host> pid <pid>`) and kind.
+    async fn client(&self, name: Option<String>, kind: OwnerKind) -> Result<Client, Failure> {
+        let name =
+            name.unwrap_or_else(|| format!("fencepostctl@{}", fencepost_client::default_name()));
+        let mut builder = Client::builder(self.endpoint.as_str())
+            .name(name)
+            .kind(kind);
+        if let Some(client_id) = &self.client_id {
+            builder = builder.client_id(client_id.as_str());
+        }
+        Ok(builder.connect().await?)
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let conn = Connection {
+        endpoint: cli.endpoint,
+        client_id: cli.client_id,
+    };
+    let result = match cli.command {
+        Command::Acquire(args) => commands::acquire(&conn, args).await,
+        Command::Append(args) => commands::append(&conn, args).await,
+        Command::Release(args) => commands::release(&conn, args).await,
+        Command::Renew(args) => commands::renew(&conn, args).await,
+        Command::Keepalive(args) => keepalive::keepalive(&conn, args).await,
+        Command::Read(args) => inspect::read(&conn, args).await,
+        Command::Describe(args) => inspect::describe(&conn, args).await,
+        Command::List(args) => inspect::list(&conn, args).await,
+        Command::Watch(args) => inspect::watch(&conn, args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn release_needs_exactly_one_of_lease_and_force() {
+        assert!(Cli::try_parse_from(["fencepostctl", "release", "a.jsonl"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "fencepostctl",
+                "release",
+                "a.jsonl",
+                "--lease",
+                "l",
+                "--force"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["fencepostctl", "release", "a.jsonl", "--force"]).is_ok());
+    }
+
+    #[test]
+    fn durations_and_kinds_parse() {
+        let cli = Cli::try_parse_from([
+            "fencepostctl",
+            "acquire",
+            "a.jsonl",
+            "--ttl",
+            "250ms",
+            "--wait",
+            "2m",
+            "--kind",
+            "heartbeat",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Acquire(_)));
+        assert!(Cli::try_parse_from(["fencepostctl", "acquire", "a", "--kind", "robot"]).is_err());
+        assert!(Cli::try_parse_from(["fencepostctl", "acquire", "a", "--ttl", "soon"]).is_err());
+    }
+
+    #[test]
+    fn lease_id_is_accepted_as_an_alias_of_lease() {
+        for command in ["append", "renew", "keepalive"] {
+            let mut args = vec!["fencepostctl", command, "a.jsonl", "--lease-id", "l"];
+            if command == "append" {
+                args.extend(["--token", "1"]);
+            }
+            assert!(Cli::try_parse_from(&args).is_ok(), "{command}");
+        }
+        assert!(Cli::try_parse_from(["fencepostctl", "release", "a", "--lease-id", "l"]).is_ok());
+    }
+
+    #[test]
+    fn watch_takes_a_resource_or_a_prefix_but_not_both() {
+        assert!(Cli::try_parse_from(["fencepostctl", "watch"]).is_err());
+        assert!(Cli::try_parse_from(["fencepostctl", "watch", "a", "--prefix", "b"]).is_err());
+        assert!(Cli::try_parse_from(["fencepostctl", "watch", "--prefix", "agents/"]).is_ok());
+    }
+}

@@ -1,0 +1,91 @@
+//! Connection settings for a [`Client`]: endpoint, timeouts and owner identity.
+
+use std::time::Duration;
+
+use fencepost as proto;
+use proto::v1::OwnerKind;
+
+use crate::endpoint::Target;
+use crate::{Client, Error, owner};
+
+/// The connect timeout used unless [`ClientBuilder::connect_timeout`] says otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds a [`Client`]: `Client::builder("unix:/run/fencepost.sock").request_timeout(..).connect()`.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ClientBuilder {
+    endpoint: String,
+    connect_timeout: Duration,
+    request_timeout: Option<Duration>,
+    client_id: Option<String>,
+    name: Option<String>,
+    kind: OwnerKind,
+}
+
+impl ClientBuilder {
+    pub(crate) fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: None,
+            client_id: None,
+            name: None,
+            kind: OwnerKind::Runner,
+        }
+    }
+
+    /// How long connecting (socket plus HTTP/2 handshake) may take. Default 5s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long each call may wait for its answer; unset (the default) waits as long as the
+    /// server takes. An acquire gets its own `wait` on top of this, so a long queue wait is never
+    /// cut short. On streaming calls it bounds only the wait for the stream to open.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Uses this `client_id` instead of a fresh UUID: for a process that must be recognised as
+    /// the same owner across restarts (an acquire retried with the same idempotency key).
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// The owner name recorded with leases and entries. Default `<hostname> pid <pid>`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The owner kind recorded with leases and entries. Default [`OwnerKind::Runner`].
+    pub fn kind(mut self, kind: OwnerKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Connects to the endpoint: `http://host:port`, `host:port` or `unix:/path/to.sock`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] (reason `INVALID_ENDPOINT`) for an endpoint that cannot be parsed
+    /// or uses `https://`; [`Error::Unavailable`] when the server cannot be reached within the
+    /// connect timeout.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let target = Target::parse(&self.endpoint)?;
+        let channel = target.connect(self.connect_timeout).await?;
+        tracing::debug!(endpoint = %target, "connected to fencepost");
+        let mut identity = owner::new_owner(self.kind);
+        if let Some(client_id) = self.client_id {
+            identity.client_id = client_id;
+        }
+        if let Some(name) = self.name {
+            identity.name = name;
+        }
+        Ok(Client::from_parts(channel, identity, self.request_timeout))
+    }
+}

@@ -1,0 +1,329 @@
+//! Lease logic under controlled time, over an in-memory storage double (the embedded store has
+//! its own tests against real files).
+
+use std::collections::HashMap;
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::model::{OwnerKind, StoredEntry, chain};
+use crate::store::{NewBatch, ResourceLog};
+
+#[derive(Default)]
+struct MemStore {
+    logs: Mutex<HashMap<ResourceName, Arc<MemLog>>>,
+    tokens: AtomicU64,
+}
+
+#[derive(Default)]
+struct MemLog {
+    entries: StdMutex<Vec<StoredEntry>>,
+    head: StdMutex<Option<Head>>,
+}
+
+#[async_trait]
+impl Store for MemStore {
+    async fn open(&self, name: &ResourceName) -> Result<Arc<dyn ResourceLog>, CoreError> {
+        Ok(self
+            .logs
+            .lock()
+            .unwrap()
+            .entry(name.clone())
+            .or_default()
+            .clone())
+    }
+    async fn issue_token(&self, _: &ResourceName) -> Result<u64, CoreError> {
+        Ok(self.tokens.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+    async fn close(&self) {}
+}
+
+#[async_trait]
+impl ResourceLog for MemLog {
+    fn head(&self) -> Head {
+        self.head.lock().unwrap().unwrap_or(Head::EMPTY)
+    }
+    fn exists(&self) -> bool {
+        self.head.lock().unwrap().is_some()
+    }
+    fn last_token(&self) -> u64 {
+        self.entries.lock().unwrap().last().map_or(0, |e| e.token)
+    }
+    fn blocked(&self) -> Option<CoreError> {
+        None
+    }
+    async fn append(&self, batch: NewBatch) -> Result<Head, CoreError> {
+        let mut head = self.head();
+        let mut entries = self.entries.lock().unwrap();
+        for line in batch.entries {
+            head.chain_hash = chain(&head.chain_hash, &line);
+            head.length += line.len() as u64 + 1;
+            entries.push(StoredEntry {
+                seq: head.next_seq,
+                epoch: batch.epoch,
+                token: batch.token,
+                owner: batch.owner.clone(),
+                time_unix_micros: batch.time_unix_micros,
+                chain_hash: head.chain_hash,
+                data: line,
+            });
+            head.next_seq += 1;
+        }
+        head.epoch = batch.epoch;
+        *self.head.lock().unwrap() = Some(head);
+        Ok(head)
+    }
+    async fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEntry>, CoreError> {
+        let entries = self.entries.lock().unwrap();
+        Ok(entries
+            .iter()
+            .filter(|e| e.seq >= from_seq)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+    fn first_seq_at_epoch(&self, epoch: u64) -> u64 {
+        let entries = self.entries.lock().unwrap();
+        entries
+            .iter()
+            .find(|e| e.epoch >= epoch)
+            .map_or(self.head().next_seq, |e| e.seq)
+    }
+}
+
+fn core() -> Core {
+    Core::new(Arc::new(MemStore::default()), Limits::default())
+}
+
+fn name() -> ResourceName {
+    ResourceName::parse("agents/main/sessions/s1.jsonl").unwrap()
+}
+
+fn args(who: &str, wait: Duration) -> AcquireArgs {
+    AcquireArgs {
+        resource: name(),
+        owner: Owner {
+            client_id: who.into(),
+            name: who.into(),
+            kind: OwnerKind::Runner,
+        },
+        ttl: Some(Duration::from_secs(1)),
+        wait,
+        idempotency_key: None,
+    }
+}
+
+fn append(grant: &Grant, line: &str) -> AppendArgs {
+    AppendArgs {
+        resource: grant.lease.resource.clone(),
+        lease_id: grant.lease.lease_id.to_string(),
+        token: grant.lease.token,
+        entries: vec![line.as_bytes().to_vec()],
+        expected_epoch: None,
+        request_id: None,
+    }
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_granted_in_fifo_order_with_increasing_tokens() {
+    let core = core();
+    let first = core.acquire(args("a", LONG)).await.unwrap();
+    let mut waiting = Vec::new();
+    for who in ["b", "c", "d"] {
+        let c = core.clone();
+        waiting.push(tokio::spawn(async move {
+            c.acquire(args(who, LONG)).await.unwrap()
+        }));
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(core.describe(&name()).await.unwrap().waiters, 3);
+    let mut last = first.clone();
+    core.release(&name(), &first.lease.lease_id).unwrap();
+    for (task, who) in waiting.into_iter().zip(["b", "c", "d"]) {
+        let g = task.await.unwrap();
+        assert_eq!(g.lease.owner.client_id, who);
+        assert!(g.lease.token > last.lease.token);
+        core.release(&name(), &g.lease.lease_id).unwrap();
+        last = g;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unrenewed_lease_expires_and_the_waiter_gets_a_higher_token() {
+    let core = core();
+    let first = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let second = core.acquire(args("b", LONG)).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(second.lease.token > first.lease.token);
+    let err = core.append(append(&first, "{}")).await.unwrap_err();
+    assert_eq!(err.reason(), "LEASE_EXPIRED");
+    assert_eq!(
+        core.lease_status(&first.lease.lease_id),
+        LeaseStatus::Ended(EndReason::Expired)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewals_keep_a_lease_past_many_ttls() {
+    let core = core();
+    let g = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    for _ in 0..10 {
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(matches!(
+            core.keepalive(&g.lease.lease_id),
+            LeaseStatus::Alive(_)
+        ));
+    }
+    core.append(append(&g, "{\"still\":true}")).await.unwrap();
+    tokio::time::advance(Duration::from_millis(1001)).await;
+    assert_eq!(
+        core.renew(None, &g.lease.lease_id).unwrap_err().reason(),
+        "LEASE_EXPIRED"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_tokens_are_rejected_after_release_and_after_a_newer_grant() {
+    let core = core();
+    let old = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    core.append(append(&old, "{\"n\":1}")).await.unwrap();
+    core.release(&name(), &old.lease.lease_id).unwrap();
+    assert_eq!(
+        core.append(append(&old, "{}")).await.unwrap_err().reason(),
+        "LEASE_RELEASED"
+    );
+    let new = core.acquire(args("b", Duration::ZERO)).await.unwrap();
+    let mut forged = append(&new, "{}");
+    forged.token = old.lease.token;
+    assert!(matches!(
+        core.append(forged).await.unwrap_err(),
+        CoreError::StaleToken { presented, current, .. } if presented == old.lease.token && current == new.lease.token
+    ));
+    assert_eq!(
+        core.read(&name(), ReadFrom::Seq(1), 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        core.release(&name(), &old.lease.lease_id).unwrap(),
+        ReleaseOutcome::AlreadyEnded(old.lease.lease_id.clone(), EndReason::Released)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_waiter_leaves_the_queue_at_once() {
+    let core = core();
+    let holder = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    let c = core.clone();
+    let gone = tokio::spawn(async move { c.acquire(args("b", LONG)).await });
+    tokio::task::yield_now().await;
+    let c = core.clone();
+    let next = tokio::spawn(async move { c.acquire(args("c", LONG)).await });
+    tokio::task::yield_now().await;
+    assert_eq!(core.describe(&name()).await.unwrap().waiters, 2);
+    gone.abort();
+    let _ = gone.await;
+    assert_eq!(core.describe(&name()).await.unwrap().waiters, 1);
+    core.release(&name(), &holder.lease.lease_id).unwrap();
+    assert_eq!(next.await.unwrap().unwrap().lease.owner.client_id, "c");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_that_runs_out_is_a_timeout_and_try_once_fails_fast() {
+    let core = core();
+    let _holder = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    let mut long = args("b", Duration::from_millis(300));
+    long.ttl = Some(Duration::from_secs(10));
+    assert_eq!(
+        core.acquire(long).await.unwrap_err().reason(),
+        "WAIT_TIMEOUT"
+    );
+    assert_eq!(
+        core.acquire(args("c", Duration::ZERO))
+            .await
+            .unwrap_err()
+            .reason(),
+        "WAIT_TIMEOUT"
+    );
+    assert_eq!(core.describe(&name()).await.unwrap().waiters, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_acquire_with_the_same_key_gets_the_same_lease() {
+    let core = core();
+    let mut a = args("a", Duration::ZERO);
+    a.idempotency_key = Some("turn-7".into());
+    let first = core.acquire(a.clone()).await.unwrap();
+    let again = core.acquire(a).await.unwrap();
+    assert_eq!(first.lease.lease_id, again.lease.lease_id);
+    assert_eq!(first.lease.token, again.lease.token);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_append_with_the_same_request_id_appends_once() {
+    let core = core();
+    let g = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    let mut req = append(&g, "{\"once\":1}");
+    req.request_id = Some("r1".into());
+    let first = core.append(req.clone()).await.unwrap();
+    let retry = core.append(req).await.unwrap();
+    assert_eq!(first.first_seq, retry.first_seq);
+    assert_eq!(
+        core.read(&name(), ReadFrom::Seq(1), 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn compare_and_append_checks_the_epoch_and_batches_advance_it_by_one() {
+    let core = core();
+    let g = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    let mut req = append(&g, "{}");
+    req.entries.push(b"{\"two\":2}".to_vec());
+    req.expected_epoch = Some(0);
+    let done = core.append(req.clone()).await.unwrap();
+    assert_eq!((done.first_seq, done.last_seq, done.head.epoch), (1, 2, 1));
+    assert_eq!(
+        core.append(req).await.unwrap_err().reason(),
+        "HEAD_MISMATCH"
+    );
+    let mut wrong = append(&g, "{}");
+    wrong.resource = ResourceName::parse("agents/other.jsonl").unwrap();
+    assert_eq!(
+        core.append(wrong).await.unwrap_err().reason(),
+        "WRONG_RESOURCE"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_release_ends_the_lease_and_notifies_watchers() {
+    let core = core();
+    let mut events = core.subscribe();
+    let g = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    assert!(matches!(
+        core.force_release(&name()),
+        ReleaseOutcome::Released(_)
+    ));
+    assert_eq!(core.force_release(&name()), ReleaseOutcome::NotHeld);
+    assert_eq!(events.recv().await.unwrap().kind, EventKind::Granted);
+    assert_eq!(
+        events.recv().await.unwrap().kind,
+        EventKind::Ended(EndReason::Forced)
+    );
+    assert_eq!(
+        core.append(append(&g, "{}")).await.unwrap_err().reason(),
+        "LEASE_RELEASED"
+    );
+}

@@ -1,0 +1,209 @@
+//! The waiter queue and mutual exclusion: FIFO grants, waiters that give up, and several client
+//! processes contending for one resource.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::ctl::*;
+use common::rpc::*;
+use common::*;
+use fencepost as proto;
+use proto::v1::ReleaseOutcome;
+
+#[tokio::test]
+async fn waiters_are_granted_in_fifo_order_with_increasing_tokens() {
+    const R: &str = "queue/fifo.jsonl";
+    let server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let holder = acquire(&mut c, R, 30_000).await;
+
+    let (tx, mut granted) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..3u32 {
+        let waiter = spawn_acquire(&c, R, owner(&format!("waiter{i}")), 30_000, 60_000);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send((i, waiter.await.expect("waiter task")));
+        });
+        // Queue them in a known order: the next starts only once this one is queued.
+        wait_for_waiters(&c, R, i + 1).await;
+    }
+
+    let mut current = holder;
+    for expected in 0..3u32 {
+        assert_eq!(release(&mut c, &current).await, ReleaseOutcome::Released);
+        let (i, result) = tokio::time::timeout(WAIT, granted.recv())
+            .await
+            .expect("a waiter is granted after the release")
+            .expect("grant channel open");
+        assert_eq!(i, expected, "waiters are served in arrival order");
+        let lease = result.expect("waiter granted").lease.expect("lease");
+        assert!(
+            lease.token > current.token,
+            "token {} after {}",
+            lease.token,
+            current.token
+        );
+        let state = describe(&mut c, R).await;
+        assert_eq!(state.waiters, 2 - expected);
+        assert_eq!(state.holder.expect("holder").lease_id, lease.lease_id);
+        current = lease;
+    }
+    assert_eq!(release(&mut c, &current).await, ReleaseOutcome::Released);
+}
+
+#[tokio::test]
+async fn a_cancelled_waiter_leaves_the_queue_at_once() {
+    const R: &str = "queue/cancelled.jsonl";
+    let server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let holder = acquire(&mut c, R, 30_000).await;
+
+    let cancelled = spawn_acquire(&c, R, owner("cancelled"), 30_000, 60_000);
+    wait_for_waiters(&c, R, 1).await;
+    let live_owner = owner("live");
+    let live = spawn_acquire(&c, R, live_owner.clone(), 30_000, 60_000);
+    wait_for_waiters(&c, R, 2).await;
+
+    // Dropping the Acquire future cancels the call (an HTTP/2 reset).
+    cancelled.abort();
+    wait_for_waiters(&c, R, 1).await;
+
+    assert_eq!(release(&mut c, &holder).await, ReleaseOutcome::Released);
+    let lease = tokio::time::timeout(WAIT, live)
+        .await
+        .expect("the live waiter is granted")
+        .expect("task")
+        .expect("acquire")
+        .lease
+        .expect("lease");
+    assert_eq!(lease.owner.expect("owner").client_id, live_owner.client_id);
+    assert!(lease.token > holder.token);
+    let state = describe(&mut c, R).await;
+    assert_eq!(state.holder.expect("holder").lease_id, lease.lease_id);
+    assert_eq!(state.waiters, 0);
+}
+
+#[tokio::test]
+async fn a_killed_waiter_process_leaves_the_queue_and_the_next_live_waiter_is_granted() {
+    const R: &str = "queue/killed.jsonl";
+    let server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let holder = acquire(&mut c, R, 30_000).await;
+
+    let mut process = spawn_ctl(server.endpoint(), ["acquire", R, "--wait", "60s"]);
+    wait_for_waiters(&c, R, 1).await;
+    let live_owner = owner("live");
+    let live = spawn_acquire(&c, R, live_owner.clone(), 30_000, 60_000);
+    wait_for_waiters(&c, R, 2).await;
+
+    process.kill();
+    wait_for_waiters(&c, R, 1).await;
+
+    assert_eq!(release(&mut c, &holder).await, ReleaseOutcome::Released);
+    let lease = tokio::time::timeout(WAIT, live)
+        .await
+        .expect("the live waiter is granted")
+        .expect("task")
+        .expect("acquire")
+        .lease
+        .expect("lease");
+    assert_eq!(lease.owner.expect("owner").client_id, live_owner.client_id);
+    let state = describe(&mut c, R).await;
+    assert_eq!(state.holder.expect("holder").lease_id, lease.lease_id);
+    assert_eq!(state.waiters, 0);
+}
+
+#[tokio::test]
+async fn a_waiter_that_times_out_gets_wait_timeout_and_leaves_the_queue() {
+    const R: &str = "queue/timeout.jsonl";
+    let server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let holder = acquire(&mut c, R, 30_000).await;
+
+    let once = try_acquire(&mut c, R, owner("once"), 30_000, 0).await;
+    assert_rejected(once, tonic::Code::DeadlineExceeded, "WAIT_TIMEOUT");
+    let waited = try_acquire(&mut c, R, owner("waited"), 30_000, 300).await;
+    assert_rejected(waited, tonic::Code::DeadlineExceeded, "WAIT_TIMEOUT");
+
+    let state = describe(&mut c, R).await;
+    assert_eq!(state.waiters, 0);
+    assert_eq!(state.holder.expect("holder").lease_id, holder.lease_id);
+}
+
+/// Four worker threads, each running `fencepostctl` processes: acquire (waiting), three single-line
+/// appends, release; five rounds each. Exclusion means every lease's lines are contiguous.
+#[tokio::test]
+async fn concurrent_client_processes_hold_the_lease_one_at_a_time() {
+    const R: &str = "mutex/shared.jsonl";
+    const WORKERS: u64 = 4;
+    const ROUNDS: u64 = 5;
+    const LINES: u64 = 3;
+    let server = Server::start(ServerOpts::default());
+
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|worker| {
+            let endpoint = server.endpoint().to_owned();
+            tokio::task::spawn_blocking(move || {
+                let mut tokens = Vec::new();
+                for round in 0..ROUNDS {
+                    let lease = ctl_acquire(&endpoint, R, &["--wait", "60s"]);
+                    for line in 0..LINES {
+                        let entry =
+                            format!(r#"{{"worker":{worker},"round":{round},"line":{line}}}"#);
+                        let out = ctl_append(&endpoint, &lease, lease.token, entry.as_bytes());
+                        ctl_object(&out);
+                    }
+                    assert!(ctl_release(&endpoint, &lease).status.success());
+                    tokens.push((lease.token, worker, round));
+                }
+                tokens
+            })
+        })
+        .collect();
+    let mut granted = BTreeSet::new();
+    for worker in workers {
+        granted.extend(worker.await.expect("worker thread"));
+    }
+
+    let mut c = server.grpc().await;
+    let entries = read_all(&mut c, R).await;
+    assert_eq!(
+        entries.len() as u64,
+        WORKERS * ROUNDS * LINES,
+        "no line lost"
+    );
+    let mut seen = BTreeSet::new();
+    let mut previous = 0;
+    for (run, chunk) in entries.chunks(LINES as usize).enumerate() {
+        let token = chunk[0].token;
+        assert!(
+            token > previous,
+            "lease {run}: token {token} after {previous}"
+        );
+        previous = token;
+        let first: serde_json::Value = serde_json::from_slice(&chunk[0].data).expect("json");
+        let (worker, round) = (first["worker"].as_u64(), first["round"].as_u64());
+        for (line, entry) in chunk.iter().enumerate() {
+            let value: serde_json::Value = serde_json::from_slice(&entry.data).expect("json");
+            assert_eq!(entry.token, token, "lease {run}: lines are contiguous");
+            assert_eq!(
+                (value["worker"].as_u64(), value["round"].as_u64()),
+                (worker, round)
+            );
+            assert_eq!(value["line"].as_u64(), Some(line as u64));
+        }
+        let key = (token, worker.expect("worker"), round.expect("round"));
+        assert!(
+            granted.contains(&key),
+            "{key:?} is the token that worker got"
+        );
+        seen.insert(key);
+    }
+    assert_eq!(seen, granted, "every lease wrote exactly its lines");
+    for (i, entry) in entries.iter().enumerate() {
+        assert_eq!(entry.seq, i as u64 + 1);
+    }
+    let file = jsonl(entries.iter().map(|e| &e.data));
+    assert_eq!(server.file_bytes(R), file);
+}
