@@ -187,6 +187,7 @@ async fn compare_and_append_rejects_a_mismatched_expected_epoch() {
         entries: vec![line.as_bytes().to_vec()],
         expected_epoch: Some(epoch),
         request_id: String::new(),
+        release: false,
     };
     let first = c
         .append(request(0, r#"{"n":1}"#))
@@ -217,6 +218,7 @@ async fn a_retried_request_id_returns_the_original_result_and_appends_nothing() 
         entries: vec![br#"{"n":1}"#.to_vec(), br#"{"n":2}"#.to_vec()],
         expected_epoch: None,
         request_id: "req-1".to_owned(),
+        release: false,
     };
     let first = c
         .append(request.clone())

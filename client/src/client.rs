@@ -211,6 +211,7 @@ impl Client {
             entries: entries.into_iter().map(Into::into).collect(),
             expected_epoch,
             request_id: String::new(),
+            release: false,
         })
         .await
     }

@@ -110,6 +110,7 @@ pub async fn append_raw(
         entries,
         expected_epoch: None,
         request_id: String::new(),
+        ..Default::default()
     };
     c.append(request).await.map(tonic::Response::into_inner)
 }

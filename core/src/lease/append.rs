@@ -5,7 +5,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::state::Effects;
-use super::types::{AppendArgs, Appended, Event, EventKind};
+use super::types::{
+    AcquireArgs, AppendArgs, AppendOnceArgs, Appended, EndReason, Event, EventKind,
+};
 use super::{Core, Inner};
 use crate::entry::validate_batch;
 use crate::error::CoreError;
@@ -40,6 +42,70 @@ impl Core {
                 resource: "*".into(),
                 detail: format!("append task failed: {e}"),
             })?
+    }
+
+    /// Waits for the lease, appends one batch and releases: a co-tenant writer's whole write in
+    /// one call. Returns the result and the token it was appended under. A retry with the same
+    /// client id and request id returns the original result.
+    ///
+    /// # Errors
+    /// As [`Core::acquire`] and [`Core::append`]; the lease is released whatever happens.
+    pub async fn append_once(&self, args: AppendOnceArgs) -> Result<(Appended, u64), CoreError> {
+        validate_batch(&args.entries, &self.inner.limits)?;
+        let key = args
+            .request_id
+            .as_ref()
+            .map(|r| (args.owner.client_id.clone(), r.clone()));
+        if let Some(done) = key
+            .as_ref()
+            .and_then(|k| self.inner.lock().once.get(k).copied())
+        {
+            return Ok(done);
+        }
+        let grant = self
+            .acquire(AcquireArgs {
+                resource: args.resource.clone(),
+                owner: args.owner,
+                ttl: None,
+                wait: args.wait,
+                idempotency_key: None,
+            })
+            .await?;
+        let core = self.clone();
+        // Spawned so the lease is released even if the caller goes away mid-append.
+        tokio::spawn(async move {
+            let lease_id = grant.lease.lease_id.to_string();
+            let result = core
+                .append(AppendArgs {
+                    resource: args.resource.clone(),
+                    lease_id: lease_id.clone(),
+                    token: grant.lease.token,
+                    entries: args.entries,
+                    expected_epoch: args.expected_epoch,
+                    request_id: None,
+                    release: true,
+                })
+                .await;
+            match result {
+                Ok(done) => {
+                    if let Some(key) = key {
+                        core.inner
+                            .lock()
+                            .remember_once(key, (done, grant.lease.token));
+                    }
+                    Ok((done, grant.lease.token))
+                }
+                Err(e) => {
+                    let _ = core.release(&args.resource, &lease_id);
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| CoreError::StorageFailed {
+            resource: "*".into(),
+            detail: format!("append task failed: {e}"),
+        })?
     }
 
     /// Up to `limit` entries from `from`.
@@ -114,13 +180,21 @@ async fn append_fenced(inner: Arc<Inner>, args: AppendArgs) -> Result<Appended, 
         last_seq: head.next_seq + count - 1,
         head: new_head,
     };
-    let mut st = inner.lock();
-    if let (Some(request_id), Some(rec)) =
-        (args.request_id, st.leases.get_mut(args.lease_id.as_str()))
+    let mut fx = Effects::default();
     {
-        rec.remember(request_id, done);
+        let mut st = inner.lock();
+        if let (Some(request_id), Some(rec)) =
+            (args.request_id, st.leases.get_mut(args.lease_id.as_str()))
+        {
+            rec.remember(request_id, done);
+        }
+        if args.release
+            && let Some((id, _)) = st.leases.get_key_value(args.lease_id.as_str())
+        {
+            let id = id.clone();
+            st.end_lease(&id, EndReason::Released, &mut fx);
+        }
     }
-    drop(st);
     let _ = inner.events.send(Event {
         kind: EventKind::Appended,
         resource: args.resource,
@@ -131,6 +205,8 @@ async fn append_fenced(inner: Arc<Inner>, args: AppendArgs) -> Result<Appended, 
         head: Some(new_head),
         time_unix_micros: now_unix_micros(),
     });
+    // After the Appended event, so watchers see the batch before the release.
+    inner.apply(fx);
     Ok(done)
 }
 

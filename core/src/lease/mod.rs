@@ -19,8 +19,8 @@ use tokio::time::Instant;
 pub use self::append::ReadFrom;
 use self::state::{Effects, Holder, State, Waiter};
 pub use self::types::{
-    AcquireArgs, AppendArgs, Appended, Description, EndReason, Event, EventKind, Grant,
-    LeaseStatus, LeaseView, ReleaseOutcome,
+    AcquireArgs, AppendArgs, AppendOnceArgs, Appended, Description, EndReason, Event, EventKind,
+    Grant, LeaseStatus, LeaseView, ReleaseOutcome,
 };
 use crate::config::Limits;
 use crate::error::CoreError;

@@ -95,6 +95,9 @@ pub(super) struct State {
     ended_order: VecDeque<Arc<str>>,
     pub deadlines: BTreeSet<(Instant, Arc<str>)>,
     pub idempotency: HashMap<(String, String), Arc<str>>,
+    /// AppendOnce results by (client id, request id), for retries after a lost reply.
+    pub once: HashMap<(String, String), (Appended, u64)>,
+    once_order: VecDeque<(String, String)>,
     pub next_waiter: u64,
     pub closed: bool,
 }
@@ -209,6 +212,17 @@ impl State {
             self.resources.remove(resource);
         }
         removed
+    }
+
+    /// Remembers an AppendOnce result (bounded, oldest forgotten first).
+    pub fn remember_once(&mut self, key: (String, String), result: (Appended, u64)) {
+        if self.once_order.len() == TOMBSTONES
+            && let Some(old) = self.once_order.pop_front()
+        {
+            self.once.remove(&old);
+        }
+        self.once_order.push_back(key.clone());
+        self.once.insert(key, result);
     }
 
     /// Moves a lease's deadline.

@@ -125,6 +125,7 @@ fn append(grant: &Grant, line: &str) -> AppendArgs {
         entries: vec![line.as_bytes().to_vec()],
         expected_epoch: None,
         request_id: None,
+        release: false,
     }
 }
 
@@ -325,5 +326,60 @@ async fn a_forced_release_ends_the_lease_and_notifies_watchers() {
     assert_eq!(
         core.append(append(&g, "{}")).await.unwrap_err().reason(),
         "LEASE_RELEASED"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn append_once_queues_appends_and_releases_and_a_retry_appends_nothing() {
+    let core = core();
+    let holder = core.acquire(args("runner", Duration::ZERO)).await.unwrap();
+    let once = |request_id: &str| AppendOnceArgs {
+        resource: name(),
+        owner: args("cron", LONG).owner,
+        wait: LONG,
+        entries: vec![b"{\"cron\":1}".to_vec()],
+        expected_epoch: None,
+        request_id: Some(request_id.into()),
+    };
+    let c = core.clone();
+    let first = once("tick-1");
+    let queued = tokio::spawn(async move { c.append_once(first).await });
+    tokio::task::yield_now().await;
+    core.append(append(&holder, "{\"runner\":1}"))
+        .await
+        .unwrap();
+    core.release(&name(), &holder.lease.lease_id).unwrap();
+    let (done, token) = queued.await.unwrap().unwrap();
+    assert_eq!((done.first_seq, done.head.epoch), (2, 2));
+    assert!(token > holder.lease.token);
+    assert!(core.describe(&name()).await.unwrap().holder.is_none());
+    assert_eq!(
+        core.append_once(once("tick-1")).await.unwrap(),
+        (done, token)
+    );
+    assert_eq!(
+        core.read(&name(), ReadFrom::Seq(1), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn append_and_release_frees_the_resource_for_the_next_waiter() {
+    let core = core();
+    let g = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    let c = core.clone();
+    let next = tokio::spawn(async move { c.acquire(args("b", LONG)).await });
+    tokio::task::yield_now().await;
+    let mut req = append(&g, "{}");
+    req.release = true;
+    core.append(req).await.unwrap();
+    let granted = next.await.unwrap().unwrap();
+    assert_eq!(granted.head.epoch, 1);
+    assert_eq!(
+        core.lease_status(&g.lease.lease_id),
+        LeaseStatus::Ended(EndReason::Released)
     );
 }

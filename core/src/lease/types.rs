@@ -95,10 +95,29 @@ pub struct AppendArgs {
     pub expected_epoch: Option<u64>,
     /// Retry de-duplication key.
     pub request_id: Option<String>,
+    /// Release the lease once the batch is durable.
+    pub release: bool,
+}
+
+/// An AppendOnce call: wait for the lease, append, release.
+#[derive(Debug, Clone)]
+pub struct AppendOnceArgs {
+    /// The resource.
+    pub resource: ResourceName,
+    /// The writer.
+    pub owner: Owner,
+    /// How long to wait in the queue.
+    pub wait: Duration,
+    /// The lines.
+    pub entries: Vec<Vec<u8>>,
+    /// Compare-and-append epoch.
+    pub expected_epoch: Option<u64>,
+    /// Retry de-duplication key (per client id).
+    pub request_id: Option<String>,
 }
 
 /// A durable append.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
     /// First seq of the batch.
     pub first_seq: u64,

@@ -4,7 +4,7 @@ mod streams;
 
 use fencepost as proto;
 use fencepost_core::Core;
-use fencepost_core::lease::{AcquireArgs, AppendArgs, ReadFrom};
+use fencepost_core::lease::{AcquireArgs, AppendArgs, AppendOnceArgs, ReadFrom};
 use proto::v1;
 use proto::v1::fencepost_server::Fencepost;
 use tokio_util::sync::CancellationToken;
@@ -118,12 +118,35 @@ impl Fencepost for Service {
             entries: req.entries,
             expected_epoch: req.expected_epoch,
             request_id: non_empty(req.request_id),
+            release: req.release,
         };
         let done = self.core.append(args).await.map_err(|e| status(&e))?;
         Ok(Response::new(v1::AppendResponse {
             first_seq: done.first_seq,
             last_seq: done.last_seq,
             head: Some(convert::head(&done.head)),
+        }))
+    }
+
+    async fn append_once(
+        &self,
+        req: Request<v1::AppendOnceRequest>,
+    ) -> Result<Response<v1::AppendOnceResponse>, Status> {
+        let req = req.into_inner();
+        let args = AppendOnceArgs {
+            resource: convert::resource(&req.resource)?,
+            owner: convert::owner_from(req.owner)?,
+            wait: std::time::Duration::from_millis(req.wait_ms),
+            entries: req.entries,
+            expected_epoch: req.expected_epoch,
+            request_id: non_empty(req.request_id),
+        };
+        let (done, token) = self.core.append_once(args).await.map_err(|e| status(&e))?;
+        Ok(Response::new(v1::AppendOnceResponse {
+            first_seq: done.first_seq,
+            last_seq: done.last_seq,
+            head: Some(convert::head(&done.head)),
+            token,
         }))
     }
 
