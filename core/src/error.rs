@@ -114,6 +114,14 @@ pub enum CoreError {
         /// What changed (kind and byte range).
         detail: String,
     },
+    /// An operator action needs the resource free (no holder, no waiters).
+    #[error("{resource} is held or has waiters ({detail}); release or force-release it first")]
+    ResourceBusy {
+        /// The resource.
+        resource: String,
+        /// Who holds or waits.
+        detail: String,
+    },
     /// The wait for a lease ran out.
     #[error(
         "timed out after {waited_ms} ms waiting for the lease on {resource} ({waiters} waiting, holder token {holder_token})"
@@ -172,6 +180,7 @@ impl CoreError {
             Self::HeadMismatch { .. } => "HEAD_MISMATCH",
             Self::ExternalModification { .. } => "EXTERNAL_MODIFICATION",
             Self::WaitTimeout { .. } => "WAIT_TIMEOUT",
+            Self::ResourceBusy { .. } => "RESOURCE_BUSY",
             Self::StorageFailed { .. } => "STORAGE_FAILED",
             Self::CorruptMetadata { .. } => "CORRUPT_METADATA",
             Self::ShuttingDown => "SHUTTING_DOWN",
@@ -231,6 +240,7 @@ impl CoreError {
                 ("current_epoch", actual.to_string()),
             ],
             Self::ExternalModification { resource, detail }
+            | Self::ResourceBusy { resource, detail }
             | Self::StorageFailed { resource, detail }
             | Self::CorruptMetadata { resource, detail } => {
                 vec![("resource", resource.clone()), ("detail", detail.clone())]

@@ -21,7 +21,8 @@ pub fn status(err: &CoreError) -> Status {
         | CoreError::LeaseEnded { .. }
         | CoreError::WrongResource { .. }
         | CoreError::HeadMismatch { .. }
-        | CoreError::ExternalModification { .. } => Code::FailedPrecondition,
+        | CoreError::ExternalModification { .. }
+        | CoreError::ResourceBusy { .. } => Code::FailedPrecondition,
         CoreError::LeaseNotFound { .. } => Code::NotFound,
         CoreError::WaitTimeout { .. } => Code::DeadlineExceeded,
         CoreError::CorruptMetadata { .. } => Code::DataLoss,

@@ -276,6 +276,69 @@ impl Core {
         outcome
     }
 
+    /// Operator action: accepts a session file changed behind the server's back as a new head with
+    /// a new epoch (see [`crate::store::ResourceLog::adopt`]). The resource must be free; it stays
+    /// closed to grants while adoption runs. Returns what was adopted and the new head.
+    ///
+    /// # Errors
+    /// [`CoreError::ResourceBusy`] if held or waited for; errors from the store.
+    pub async fn adopt(&self, resource: &ResourceName) -> Result<(String, Head), CoreError> {
+        {
+            let mut st = self.inner.lock();
+            if st.closed {
+                return Err(CoreError::ShuttingDown);
+            }
+            let res = st.resources.entry(resource.clone()).or_default();
+            if !matches!(res.holder, Holder::Free) || !res.queue.is_empty() {
+                let detail = format!("{} waiting", res.queue.len());
+                return Err(CoreError::ResourceBusy {
+                    resource: resource.as_str().to_owned(),
+                    detail,
+                });
+            }
+            // Grants queue behind the adoption, as behind a grant.
+            res.holder = Holder::Granting;
+        }
+        let inner = self.inner.clone();
+        let r = resource.clone();
+        tokio::spawn(async move {
+            let gate = inner.lock().resources.get(&r).map(|x| x.gate.clone());
+            let gate = gate.expect("a resource being adopted keeps its entry");
+            let _gate = gate.lock_owned().await;
+            let cached = inner.lock().resources.get(&r).and_then(|x| x.log.clone());
+            let result = async {
+                let log = match cached {
+                    Some(log) => log,
+                    None => inner.store.open(&r).await?,
+                };
+                let detail = log.adopt().await?;
+                Ok::<_, CoreError>((detail, log))
+            }
+            .await;
+            let mut fx = Effects::default();
+            {
+                let mut st = inner.lock();
+                if let Some(res) = st.resources.get_mut(&r) {
+                    res.holder = Holder::Free;
+                    if let Ok((_, log)) = &result {
+                        res.log = Some(log.clone());
+                    }
+                }
+                st.pump(&r, &mut fx);
+            }
+            inner.apply(fx);
+            result.map(|(detail, log)| {
+                tracing::warn!(resource = %r, %detail, "operator adopted an externally modified session file");
+                (detail, log.head())
+            })
+        })
+        .await
+        .map_err(|e| CoreError::StorageFailed {
+            resource: resource.as_str().to_owned(),
+            detail: format!("adopt task failed: {e}"),
+        })?
+    }
+
     /// Holder, token, queue and head of a resource.
     ///
     /// # Errors

@@ -78,6 +78,14 @@ pub trait ResourceLog: Send + Sync {
     /// A storage error.
     async fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEntry>, CoreError>;
 
+    /// Operator action: accepts the session file's current content as a new head with a new
+    /// epoch. Entries that still match keep their metadata; everything after the first difference
+    /// becomes one adopted batch. Returns a description of what was adopted, for the audit log.
+    ///
+    /// # Errors
+    /// A file that ends in a partial line, an unsafe path, storage errors.
+    async fn adopt(&self) -> Result<String, CoreError>;
+
     /// The seq of the first entry whose epoch is at least `epoch` (the head's next seq if none).
     fn first_seq_at_epoch(&self, epoch: u64) -> u64;
 }

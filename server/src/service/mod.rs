@@ -203,6 +203,18 @@ impl Fencepost for Service {
         }))
     }
 
+    async fn adopt(
+        &self,
+        req: Request<v1::AdoptRequest>,
+    ) -> Result<Response<v1::AdoptResponse>, Status> {
+        let resource = convert::resource(&req.into_inner().resource)?;
+        let (detail, head) = self.core.adopt(&resource).await.map_err(|e| status(&e))?;
+        Ok(Response::new(v1::AdoptResponse {
+            head: Some(convert::head(&head)),
+            detail,
+        }))
+    }
+
     async fn list(
         &self,
         req: Request<v1::ListRequest>,

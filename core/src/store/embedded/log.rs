@@ -189,7 +189,17 @@ impl ResourceLog for EmbeddedLog {
     }
 
     fn blocked(&self) -> Option<CoreError> {
-        self.lock().blocked.clone()
+        let mut st = self.lock();
+        if st.blocked.is_none()
+            && let Some(files) = &st.files
+            && let Some(detail) = wal::changed_on_disk(files, st.head.length)
+        {
+            st.blocked = Some(CoreError::ExternalModification {
+                resource: self.name.as_str().to_owned(),
+                detail,
+            });
+        }
+        st.blocked.clone()
     }
 
     async fn append(&self, batch: NewBatch) -> Result<Head, CoreError> {
@@ -334,6 +344,39 @@ impl ResourceLog for EmbeddedLog {
             resource: self.name.as_str().to_owned(),
             detail: e.to_string(),
         })?
+    }
+
+    async fn adopt(&self) -> Result<String, CoreError> {
+        // Sync and reset the WAL first: a later replay must not write old bytes over what is adopted.
+        let (tx, rx) = oneshot::channel();
+        self.wal
+            .send(Msg::Checkpoint(tx))
+            .map_err(|_| CoreError::ShuttingDown)?;
+        rx.await
+            .map_err(|_| CoreError::ShuttingDown)?
+            .map_err(|e| paths::io_error(&self.name, &self.paths.index, &e))?;
+        let (root, name, paths, wal, ids) = (
+            self.root.clone(),
+            self.name.clone(),
+            self.paths.clone(),
+            self.wal.clone(),
+            self.file_ids.clone(),
+        );
+        let (detail, fresh) = tokio::task::spawn_blocking(move || {
+            let detail = super::adopt::adopt(&root, &name, &paths)?;
+            Ok::<_, CoreError>((detail, EmbeddedLog::load(&root, &name, wal, ids)?))
+        })
+        .await
+        .map_err(|e| CoreError::StorageFailed {
+            resource: self.name.as_str().to_owned(),
+            detail: e.to_string(),
+        })??;
+        let fresh = fresh
+            .state
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *self.lock() = fresh;
+        Ok(detail)
     }
 
     fn first_seq_at_epoch(&self, epoch: u64) -> u64 {

@@ -4,6 +4,7 @@
 //! Layout: `<root>/<resource>` is the plain JSONL session file; `<root>/.fencepost/` holds the
 //! data-dir lock, the token ceiling, the WAL and one index per resource under `index/`.
 
+mod adopt;
 mod index;
 mod log;
 mod paths;

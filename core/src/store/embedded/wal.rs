@@ -277,39 +277,39 @@ impl Writer {
 
 /// Refuses a batch whose session file is not the one, or not as long as, the server left it.
 fn tamper_check(job: &Job) -> Result<(), CoreError> {
-    let modified = |detail: String| CoreError::ExternalModification {
-        resource: job.name.as_str().to_owned(),
-        detail,
-    };
-    match std::fs::symlink_metadata(&job.files.data_path) {
-        Ok(m) if (m.dev(), m.ino()) == job.files.identity => {}
-        Ok(_) => {
-            return Err(modified(
-                "replaced: the session file is a different file now".into(),
-            ));
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(modified("deleted: the session file is gone".into()));
-        }
-        Err(e) => return Err(store_failed(job.name.as_str(), &e.to_string())),
+    match changed_on_disk(&job.files, job.expected_len) {
+        None => Ok(()),
+        Some(detail) => Err(CoreError::ExternalModification {
+            resource: job.name.as_str().to_owned(),
+            detail,
+        }),
     }
-    let len = job
-        .files
-        .data
-        .metadata()
-        .map_err(|e| store_failed(job.name.as_str(), &e.to_string()))?
-        .len();
-    match len.cmp(&job.expected_len) {
-        std::cmp::Ordering::Equal => Ok(()),
-        std::cmp::Ordering::Greater => Err(modified(format!(
-            "appended: {} foreign bytes at {}..{len}",
-            len - job.expected_len,
-            job.expected_len
-        ))),
-        std::cmp::Ordering::Less => Err(modified(format!(
-            "truncated: {len} bytes on disk, {} recorded",
-            job.expected_len
-        ))),
+}
+
+/// How the session file differs from what the server left (`None` if it does not): replaced,
+/// deleted, or a different length. Two syscalls; in-place edits are found by the full check on open.
+pub fn changed_on_disk(files: &Files, expected_len: u64) -> Option<String> {
+    match std::fs::symlink_metadata(&files.data_path) {
+        Ok(m) if (m.dev(), m.ino()) == files.identity => {}
+        Ok(_) => return Some("replaced: the session file is a different file now".into()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Some("deleted: the session file is gone".into());
+        }
+        Err(e) => return Some(format!("unreadable: {e}")),
+    }
+    let len = match files.data.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return Some(format!("unreadable: {e}")),
+    };
+    match len.cmp(&expected_len) {
+        std::cmp::Ordering::Equal => None,
+        std::cmp::Ordering::Greater => Some(format!(
+            "appended: {} foreign bytes at {expected_len}..{len}",
+            len - expected_len
+        )),
+        std::cmp::Ordering::Less => Some(format!(
+            "truncated: {len} bytes on disk, {expected_len} recorded"
+        )),
     }
 }
 

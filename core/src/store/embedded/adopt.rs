@@ -1,0 +1,139 @@
+//! Adoption: the explicit operator action that accepts a session file changed behind the server's
+//! back. Batches that still match keep their metadata; everything after the first difference
+//! becomes one batch owned by the operator, with a new write epoch. Nothing is adopted silently.
+
+use std::fs;
+use std::io::Write;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::index::{BatchRecord, Index};
+use super::paths::{self, ResourcePaths, sync_dir};
+use crate::error::CoreError;
+use crate::model::{Owner, OwnerKind, chain, now_unix_micros};
+use crate::resource::ResourceName;
+
+/// The owner recorded on adopted bytes.
+fn operator() -> Arc<Owner> {
+    Arc::new(Owner {
+        client_id: "operator".into(),
+        name: "fencepost adopt".into(),
+        kind: OwnerKind::Other,
+    })
+}
+
+/// Rewrites the index of `name` to cover the file as it is now (blocking I/O). The WAL must have
+/// been checkpointed first, so no replay can write old bytes over the adopted content.
+///
+/// # Errors
+/// [`CoreError::InvalidResource`] if the path is unsafe; [`CoreError::ExternalModification`] if
+/// the file does not end with a newline (fix the last line first); storage errors.
+pub fn adopt(
+    root: &std::path::Path,
+    name: &ResourceName,
+    p: &ResourcePaths,
+) -> Result<String, CoreError> {
+    paths::check(root, name)?;
+    let data = match paths::open_regular(name, &p.data, false, false)? {
+        Some(_) => fs::read(&p.data).map_err(|e| paths::io_error(name, &p.data, &e))?,
+        None => Vec::new(),
+    };
+    let index_bytes = match fs::read(&p.index) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(paths::io_error(name, &p.index, &e)),
+    };
+    let (records, _) =
+        Index::parse_records(&index_bytes).map_err(|detail| CoreError::CorruptMetadata {
+            resource: name.as_str().to_owned(),
+            detail,
+        })?;
+    let last_epoch = records.last().map_or(0, |r| r.epoch);
+    let kept = verified_prefix(records, &data);
+    let (offset, seq, mut hash) = kept.last().map_or((0, 1, [0u8; 32]), |r| {
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(&r.hash, &mut h).unwrap_or_default();
+        (r.offset + r.byte_len(), r.seq + r.lens.len() as u64, h)
+    });
+    let rest = &data[usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len())..];
+    if !rest.is_empty() && !rest.ends_with(b"\n") {
+        return Err(CoreError::ExternalModification {
+            resource: name.as_str().to_owned(),
+            detail: format!(
+                "the file ends with a partial line at byte {}; remove or complete it before adopting",
+                data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
+            ),
+        });
+    }
+    let lens: Vec<u32> = rest
+        .split_inclusive(|b| *b == b'\n')
+        .map(|l| u32::try_from(l.len() - 1).unwrap_or(u32::MAX))
+        .collect();
+    for line in rest.split_inclusive(|b| *b == b'\n') {
+        hash = chain(&hash, &line[..line.len() - 1]);
+    }
+    let adopted = BatchRecord {
+        epoch: last_epoch + 1,
+        token: 0,
+        seq,
+        offset,
+        lens,
+        owner: operator(),
+        time: now_unix_micros(),
+        hash: hex::encode(hash),
+    };
+    let detail = format!(
+        "kept {} entries ({} bytes) as recorded; adopted {} lines, bytes {offset}..{} (sha256 {}) as epoch {}",
+        seq - 1,
+        offset,
+        adopted.lens.len(),
+        data.len(),
+        hex::encode(Sha256::digest(rest)),
+        adopted.epoch
+    );
+    let mut out = Vec::new();
+    for rec in kept.iter().chain(std::iter::once(&adopted)) {
+        out.extend(rec.to_line());
+    }
+    let dir = p.index.parent().expect("index has a parent");
+    fs::create_dir_all(dir).map_err(|e| paths::io_error(name, dir, &e))?;
+    let tmp = p.index.with_extension("idx.adopt");
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&out)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &p.index)?;
+        sync_dir(dir)
+    };
+    write().map_err(|e| paths::io_error(name, &p.index, &e))?;
+    Ok(detail)
+}
+
+/// The leading records whose bytes and chain hash still match `data`.
+fn verified_prefix(records: Vec<BatchRecord>, data: &[u8]) -> Vec<BatchRecord> {
+    let mut kept = Vec::new();
+    let mut hash = [0u8; 32];
+    for rec in records {
+        let mut off = usize::try_from(rec.offset).unwrap_or(usize::MAX);
+        let mut h = hash;
+        let mut ok = true;
+        for len in &rec.lens {
+            let end = off + *len as usize;
+            if end >= data.len() || data[end] != b'\n' || data[off..end].contains(&b'\n') {
+                ok = false;
+                break;
+            }
+            h = chain(&h, &data[off..end]);
+            off = end + 1;
+        }
+        if !ok || hex::encode(h) != rec.hash {
+            break;
+        }
+        hash = h;
+        kept.push(rec);
+    }
+    kept
+}

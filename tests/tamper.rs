@@ -1,0 +1,181 @@
+//! Writers that bypass the service: detected at the next operation and after a restart, never
+//! overwritten, never adopted silently; `Adopt` is the explicit operator action.
+
+mod common;
+
+use std::io::Write;
+
+use common::rpc::*;
+use common::*;
+use fencepost::v1::{AdoptRequest, OwnerKind};
+use tonic::Code;
+
+type Client = fencepost::v1::fencepost_client::FencepostClient<tonic::transport::Channel>;
+
+async fn adopt(
+    c: &mut Client,
+    resource: &str,
+) -> Result<fencepost::v1::AdoptResponse, tonic::Status> {
+    c.adopt(AdoptRequest {
+        resource: resource.to_owned(),
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+fn append_externally(server: &Server, resource: &str, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(server.file(resource))
+        .expect("open session file");
+    f.write_all(bytes).expect("external write");
+}
+
+#[tokio::test]
+async fn an_external_append_is_reported_refused_and_adopted_only_on_request() {
+    const R: &str = "tamper/echo.jsonl";
+    let server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":1}"#, r#"{"n":2}"#])
+        .await
+        .expect("append");
+    release(&mut c, &lease).await;
+
+    append_externally(&server, R, b"{\"echo\":true}\n");
+    let d = describe(&mut c, R).await;
+    assert!(
+        d.blocked.starts_with("EXTERNAL_MODIFICATION"),
+        "{}",
+        d.blocked
+    );
+    assert!(
+        d.blocked.contains("appended: 14 foreign bytes at 16..30"),
+        "{}",
+        d.blocked
+    );
+
+    let lease = acquire(&mut c, R, 30_000).await;
+    let refused = append(&mut c, &lease, &[r#"{"n":3}"#]).await;
+    assert_rejected(refused, Code::FailedPrecondition, "EXTERNAL_MODIFICATION");
+    assert_rejected(
+        adopt(&mut c, R).await,
+        Code::FailedPrecondition,
+        "RESOURCE_BUSY",
+    );
+    release(&mut c, &lease).await;
+
+    let adopted = adopt(&mut c, R).await.expect("adopt");
+    let head = adopted.head.expect("head");
+    assert_eq!((head.epoch, head.next_seq, head.length), (2, 4, 30));
+    assert!(
+        adopted.detail.contains("adopted 1 lines"),
+        "{}",
+        adopted.detail
+    );
+
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":4}"#])
+        .await
+        .expect("appends work again");
+    let entries = read_all(&mut c, R).await;
+    assert_eq!(entries.len(), 4);
+    assert_eq!(entries[2].data, br#"{"echo":true}"#);
+    assert_eq!(entries[2].owner.as_ref().unwrap().client_id, "operator");
+    assert_eq!(entries[2].owner.as_ref().unwrap().kind(), OwnerKind::Other);
+    assert_eq!(
+        server.file_bytes(R),
+        jsonl([r#"{"n":1}"#, r#"{"n":2}"#, r#"{"echo":true}"#, r#"{"n":4}"#])
+    );
+}
+
+#[tokio::test]
+async fn truncation_replacement_and_deletion_are_each_named() {
+    let server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    for (r, damage, needle) in [
+        ("tamper/truncated.jsonl", "truncate", "truncated"),
+        ("tamper/replaced.jsonl", "replace", "replaced"),
+        ("tamper/deleted.jsonl", "delete", "deleted"),
+    ] {
+        let lease = acquire(&mut c, r, 30_000).await;
+        append(&mut c, &lease, &[r#"{"n":1}"#, r#"{"n":2}"#])
+            .await
+            .expect("append");
+        let path = server.file(r);
+        match damage {
+            "truncate" => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(3)
+                .unwrap(),
+            "replace" => {
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, b"{\"n\":1}\n{\"n\":2}\n").unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+            }
+            _ => std::fs::remove_file(&path).unwrap(),
+        }
+        let refused = append(&mut c, &lease, &[r#"{"n":3}"#]).await;
+        let status = assert_rejected(refused, Code::FailedPrecondition, "EXTERNAL_MODIFICATION");
+        assert!(
+            status.message().contains(needle),
+            "{r}: {}",
+            status.message()
+        );
+        assert!(describe(&mut c, r).await.blocked.contains(needle), "{r}");
+    }
+}
+
+#[tokio::test]
+async fn an_in_place_edit_made_while_the_server_was_down_is_found_at_start() {
+    const R: &str = "tamper/edited.jsonl";
+    let mut server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":1}"#, r#"{"n":2}"#])
+        .await
+        .expect("append");
+    server.stop();
+    let mut bytes = std::fs::read(server.file(R)).unwrap();
+    bytes[5] = b'9'; // {"n":9} : same length, different content
+    std::fs::write(server.file(R), &bytes).unwrap();
+    server.restart();
+    let mut c = server.grpc().await;
+    let d = describe(&mut c, R).await;
+    assert!(
+        d.blocked.contains("edited in place: bytes 0..16"),
+        "{}",
+        d.blocked
+    );
+    let lease = acquire(&mut c, R, 30_000).await;
+    let refused = append(&mut c, &lease, &[r#"{"n":3}"#]).await;
+    assert_rejected(refused, Code::FailedPrecondition, "EXTERNAL_MODIFICATION");
+    assert_eq!(
+        std::fs::read(server.file(R)).unwrap(),
+        bytes,
+        "foreign bytes are never overwritten"
+    );
+}
+
+#[tokio::test]
+async fn a_partial_foreign_line_is_not_adopted() {
+    const R: &str = "tamper/partial.jsonl";
+    let server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":1}"#])
+        .await
+        .expect("append");
+    release(&mut c, &lease).await;
+    append_externally(&server, R, b"{\"half\":");
+    let refused = adopt(&mut c, R).await;
+    let status = assert_rejected(refused, Code::FailedPrecondition, "EXTERNAL_MODIFICATION");
+    assert!(
+        status.message().contains("partial line at byte 8"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(server.file_bytes(R), b"{\"n\":1}\n{\"half\":");
+}
