@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod ctl;
+pub mod history;
 pub mod rpc;
 
 use std::ffi::OsStr;
