@@ -7,7 +7,7 @@ use std::io::Write;
 
 use common::rpc::*;
 use common::*;
-use fencepost::v1::{AdoptRequest, OwnerKind};
+use fencepost::v1::{AdoptRequest, OwnerKind, WatchEventKind};
 use tonic::Code;
 
 type Client = fencepost::v1::fencepost_client::FencepostClient<tonic::transport::Channel>;
@@ -178,4 +178,38 @@ async fn a_partial_foreign_line_is_not_adopted() {
         status.message()
     );
     assert_eq!(server.file_bytes(R), b"{\"n\":1}\n{\"half\":");
+}
+
+#[tokio::test]
+async fn the_periodic_scan_reports_a_change_on_watch_and_adoption_is_reported_too() {
+    const R: &str = "tamper/scanned.jsonl";
+    let server = Server::start(ServerOpts::default().arg("--scan-interval", "200ms"));
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":1}"#])
+        .await
+        .expect("append");
+    let mut events = watch(&mut c, "tamper/", true).await;
+    append_externally(&server, R, b"{\"cron\":1}\n");
+    let seen = loop {
+        let e = next_event(&mut events).await;
+        if e.kind() == WatchEventKind::ExternalModification {
+            break e;
+        }
+    };
+    assert_eq!(seen.resource, R);
+    assert!(
+        seen.detail.contains("appended: 11 foreign bytes at 8..19"),
+        "{}",
+        seen.detail
+    );
+    release(&mut c, &lease).await;
+    adopt(&mut c, R).await.expect("adopt");
+    loop {
+        let e = next_event(&mut events).await;
+        if e.kind() == WatchEventKind::Adopted {
+            assert!(e.detail.contains("adopted 1 lines"), "{}", e.detail);
+            break;
+        }
+    }
 }

@@ -19,6 +19,8 @@ pub struct Limits {
     pub max_batch_bytes: usize,
     /// Most entries in one batch.
     pub max_batch_entries: usize,
+    /// How often active session files are checked for changes made behind the server's back.
+    pub scan_interval: Duration,
 }
 
 impl Default for Limits {
@@ -31,6 +33,7 @@ impl Default for Limits {
             max_entry_bytes: 1 << 20,
             max_batch_bytes: 4 << 20,
             max_batch_entries: 10_000,
+            scan_interval: Duration::from_secs(30),
         }
     }
 }

@@ -38,6 +38,10 @@ pub struct Config {
     #[arg(long, env = "FENCEPOST_MAX_BATCH_BYTES", default_value_t = 4 << 20)]
     pub max_batch_bytes: usize,
 
+    /// How often session files in use are checked for changes made behind the server's back.
+    #[arg(long, env = "FENCEPOST_SCAN_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub scan_interval: Duration,
+
     /// How long a shutdown waits for in-flight calls and open connections before closing them.
     #[arg(long, env = "FENCEPOST_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -92,6 +96,7 @@ impl Config {
             max_wait: self.max_wait,
             max_entry_bytes: self.max_entry_bytes,
             max_batch_bytes: self.max_batch_bytes,
+            scan_interval: self.scan_interval,
             ..defaults
         };
         if limits.default_ttl > limits.max_ttl || limits.default_ttl < limits.min_ttl {
@@ -99,6 +104,9 @@ impl Config {
                 "--default-ttl must be between {:?} and --max-ttl ({:?})",
                 limits.min_ttl, limits.max_ttl
             ));
+        }
+        if limits.scan_interval < Duration::from_millis(100) {
+            return Err("--scan-interval must be at least 100ms".into());
         }
         if limits.max_entry_bytes == 0 || limits.max_entry_bytes > limits.max_batch_bytes {
             return Err(

@@ -176,12 +176,14 @@ pub fn entry(e: StoredEntry) -> v1::Entry {
 }
 
 pub fn event(e: &Event) -> v1::WatchEvent {
-    let kind = match e.kind {
-        EventKind::Granted => v1::WatchEventKind::Granted,
-        EventKind::Appended => v1::WatchEventKind::Appended,
-        EventKind::Ended(EndReason::Released) => v1::WatchEventKind::Released,
-        EventKind::Ended(EndReason::Expired) => v1::WatchEventKind::Expired,
-        EventKind::Ended(EndReason::Forced) => v1::WatchEventKind::Forced,
+    let (kind, detail) = match &e.kind {
+        EventKind::Granted => (v1::WatchEventKind::Granted, ""),
+        EventKind::Appended => (v1::WatchEventKind::Appended, ""),
+        EventKind::Ended(EndReason::Released) => (v1::WatchEventKind::Released, ""),
+        EventKind::Ended(EndReason::Expired) => (v1::WatchEventKind::Expired, ""),
+        EventKind::Ended(EndReason::Forced) => (v1::WatchEventKind::Forced, ""),
+        EventKind::ExternalModification(d) => (v1::WatchEventKind::ExternalModification, &**d),
+        EventKind::Adopted(d) => (v1::WatchEventKind::Adopted, &**d),
     };
     let (first_seq, last_seq) = e.seqs.unwrap_or_default();
     v1::WatchEvent {
@@ -195,5 +197,6 @@ pub fn event(e: &Event) -> v1::WatchEvent {
         head: e.head.as_ref().map(head),
         dropped: 0,
         time_unix_micros: e.time_unix_micros,
+        detail: detail.to_owned(),
     }
 }

@@ -34,14 +34,31 @@ impl Core {
     /// [`CoreError::LeaseNotFound`], [`CoreError::WrongResource`], [`CoreError::HeadMismatch`]),
     /// invalid entries, external modification and storage failures.
     pub async fn append(&self, args: AppendArgs) -> Result<Appended, CoreError> {
+        self.append_inner(args, None).await
+    }
+
+    /// [`Core::append`], remembering the result under `once_key` (an AppendOnce's client id and
+    /// request id) in the same critical section that releases the lease.
+    async fn append_inner(
+        &self,
+        args: AppendArgs,
+        once_key: Option<(String, String)>,
+    ) -> Result<Appended, CoreError> {
         validate_batch(&args.entries, &self.inner.limits)?;
+        super::check_key("request_id", args.request_id.as_deref())?;
         let inner = self.inner.clone();
-        tokio::spawn(append_fenced(inner, args))
-            .await
-            .map_err(|e| CoreError::StorageFailed {
-                resource: "*".into(),
-                detail: format!("append task failed: {e}"),
-            })?
+        let resource = args.resource.clone();
+        tokio::spawn(async move {
+            let result = append_fenced(inner.clone(), args, once_key).await;
+            // The gate is open again: a lease that ended meanwhile may have left the entry idle.
+            inner.lock().forget_if_idle(&resource);
+            result
+        })
+        .await
+        .map_err(|e| CoreError::StorageFailed {
+            resource: "*".into(),
+            detail: format!("append task failed: {e}"),
+        })?
     }
 
     /// Waits for the lease, appends one batch and releases: a co-tenant writer's whole write in
@@ -52,6 +69,7 @@ impl Core {
     /// As [`Core::acquire`] and [`Core::append`]; the lease is released whatever happens.
     pub async fn append_once(&self, args: AppendOnceArgs) -> Result<(Appended, u64), CoreError> {
         validate_batch(&args.entries, &self.inner.limits)?;
+        super::check_key("request_id", args.request_id.as_deref())?;
         let key = args
             .request_id
             .as_ref()
@@ -71,30 +89,35 @@ impl Core {
                 idempotency_key: None,
             })
             .await?;
+        // A retry that queued behind the original finds its result here, after the original
+        // released the lease.
+        if let Some(done) = key
+            .as_ref()
+            .and_then(|k| self.inner.lock().once.get(k).copied())
+        {
+            let _ = self.release(&args.resource, &grant.lease.lease_id);
+            return Ok(done);
+        }
         let core = self.clone();
         // Spawned so the lease is released even if the caller goes away mid-append.
         tokio::spawn(async move {
             let lease_id = grant.lease.lease_id.to_string();
             let result = core
-                .append(AppendArgs {
-                    resource: args.resource.clone(),
-                    lease_id: lease_id.clone(),
-                    token: grant.lease.token,
-                    entries: args.entries,
-                    expected_epoch: args.expected_epoch,
-                    request_id: None,
-                    release: true,
-                })
+                .append_inner(
+                    AppendArgs {
+                        resource: args.resource.clone(),
+                        lease_id: lease_id.clone(),
+                        token: grant.lease.token,
+                        entries: args.entries,
+                        expected_epoch: args.expected_epoch,
+                        request_id: None,
+                        release: true,
+                    },
+                    key,
+                )
                 .await;
             match result {
-                Ok(done) => {
-                    if let Some(key) = key {
-                        core.inner
-                            .lock()
-                            .remember_once(key, (done, grant.lease.token));
-                    }
-                    Ok((done, grant.lease.token))
-                }
+                Ok(done) => Ok((done, grant.lease.token)),
                 Err(e) => {
                     let _ = core.release(&args.resource, &lease_id);
                     Err(e)
@@ -136,7 +159,11 @@ impl Core {
     }
 }
 
-async fn append_fenced(inner: Arc<Inner>, args: AppendArgs) -> Result<Appended, CoreError> {
+async fn append_fenced(
+    inner: Arc<Inner>,
+    args: AppendArgs,
+    once_key: Option<(String, String)>,
+) -> Result<Appended, CoreError> {
     let gate = inner
         .lock()
         .resources
@@ -144,11 +171,11 @@ async fn append_fenced(inner: Arc<Inner>, args: AppendArgs) -> Result<Appended, 
         .map(|res| res.gate.clone());
     let Some(gate) = gate else {
         // No live lease can cover a resource without state; say precisely why.
-        let err = match check_lease(&inner, &args) {
-            Err(e) => e,
-            Ok(_) => inner.lock().ended_error(&args.lease_id),
+        return match check_lease(&inner, &args) {
+            Ok(Checked::Duplicate(done)) => Ok(done),
+            Ok(Checked::Fresh(..)) => Err(inner.lock().ended_error(&args.lease_id)),
+            Err(e) => Err(e),
         };
-        return Err(err);
     };
     let _gate = gate.lock_owned().await;
     let (log, owner) = match check_lease(&inner, &args)? {
@@ -188,6 +215,9 @@ async fn append_fenced(inner: Arc<Inner>, args: AppendArgs) -> Result<Appended, 
         {
             rec.remember(request_id, done);
         }
+        if let Some(key) = once_key {
+            st.remember_once(key, (done, args.token));
+        }
         if args.release
             && let Some((id, _)) = st.leases.get_key_value(args.lease_id.as_str())
         {
@@ -220,6 +250,15 @@ fn check_lease(inner: &Arc<Inner>, args: &AppendArgs) -> Result<Checked, CoreErr
     let mut fx = Effects::default();
     let result = (|| {
         let mut st = inner.lock();
+        // A retry of an append that succeeded (even one that released its lease) gets the
+        // original result.
+        if let Some(done) = args
+            .request_id
+            .as_deref()
+            .and_then(|r| st.remembered(&args.lease_id, r))
+        {
+            return Ok(Checked::Duplicate(done));
+        }
         let (_, rec) = st.live_lease(&args.lease_id, Instant::now(), &mut fx)?;
         if rec.resource != args.resource {
             return Err(CoreError::WrongResource {
@@ -227,11 +266,6 @@ fn check_lease(inner: &Arc<Inner>, args: &AppendArgs) -> Result<Checked, CoreErr
                 lease_resource: rec.resource.as_str().to_owned(),
                 requested: args.resource.as_str().to_owned(),
             });
-        }
-        if let Some(request_id) = &args.request_id
-            && let Some((_, done)) = rec.appends.iter().find(|(r, _)| r == request_id)
-        {
-            return Ok(Checked::Duplicate(*done));
         }
         let (lease_token, owner) = (rec.token, rec.owner.clone());
         let res = st

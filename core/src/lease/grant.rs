@@ -34,7 +34,7 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
             Some(log) => log,
             None => inner.store.open(&resource).await?,
         };
-        let token = inner.store.issue_token(&resource).await?;
+        let token = inner.store.issue_token(&resource, log.last_token()).await?;
         Ok::<_, CoreError>((log, token))
     }
     .await;

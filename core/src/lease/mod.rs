@@ -7,6 +7,7 @@
 mod append;
 mod expiry;
 mod grant;
+mod scan;
 mod state;
 mod types;
 
@@ -59,7 +60,11 @@ impl Inner {
             let _ = self.events.send(event);
         }
         for (resource, waiter) in fx.grants {
-            tokio::spawn(grant::run(self.clone(), resource, waiter));
+            let inner = self.clone();
+            tokio::spawn(async move {
+                grant::run(inner.clone(), resource.clone(), waiter).await;
+                inner.lock().forget_if_idle(&resource);
+            });
         }
     }
 }
@@ -75,6 +80,7 @@ impl Core {
             events: broadcast::channel(EVENT_BUFFER).0,
         });
         tokio::spawn(expiry::run(inner.clone()));
+        tokio::spawn(scan::run(inner.clone()));
         Self { inner }
     }
 
@@ -102,9 +108,10 @@ impl Core {
                 ),
             });
         }
+        check_key("idempotency_key", args.idempotency_key.as_deref())?;
         let resource = args.resource.clone();
         let mut fx = Effects::default();
-        let (id, mut rx) = {
+        let (id, rx) = {
             let mut st = self.inner.lock();
             if st.closed {
                 return Err(CoreError::ShuttingDown);
@@ -136,8 +143,9 @@ impl Core {
             core: self,
             resource: &resource,
             id: Some(id),
+            rx,
         };
-        let received = match tokio::time::timeout(args.wait, &mut rx).await {
+        let received = match tokio::time::timeout(args.wait, &mut guard.rx).await {
             Ok(received) => received,
             Err(_) => {
                 let removed = self.inner.lock().remove_waiter(&resource, id);
@@ -146,7 +154,7 @@ impl Core {
                     return Err(busy(&self.inner.lock(), &resource, args.wait));
                 }
                 // Already popped: a grant for us is under way; it is ours regardless of the wait.
-                rx.await
+                (&mut guard.rx).await
             }
         };
         guard.id = None;
@@ -217,7 +225,7 @@ impl Core {
         match st.leases.get(lease_id) {
             Some(rec) => LeaseStatus::Alive(rec.deadline.saturating_duration_since(Instant::now())),
             None => match st.ended.get(lease_id) {
-                Some((reason, _)) => LeaseStatus::Ended(*reason),
+                Some(ended) => LeaseStatus::Ended(ended.reason),
                 None => LeaseStatus::Unknown,
             },
         }
@@ -327,8 +335,11 @@ impl Core {
                 st.pump(&r, &mut fx);
             }
             inner.apply(fx);
+            drop(_gate);
+            inner.lock().forget_if_idle(&r);
             result.map(|(detail, log)| {
                 tracing::warn!(resource = %r, %detail, "operator adopted an externally modified session file");
+                scan::publish(&inner, &r, EventKind::Adopted(Arc::from(detail.as_str())));
                 (detail, log.head())
             })
         })
@@ -461,6 +472,20 @@ fn wrong_resource(
     }
 }
 
+/// Longest idempotency key or request id, in bytes.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// Client-chosen keys are remembered by the server, so their size is bounded.
+pub(crate) fn check_key(field: &'static str, key: Option<&str>) -> Result<(), CoreError> {
+    match key {
+        Some(k) if k.len() > MAX_KEY_LEN => Err(CoreError::InvalidArgument {
+            field,
+            reason: format!("is {} bytes; the limit is {MAX_KEY_LEN}", k.len()),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn check_owner(owner: &Owner) -> Result<(), CoreError> {
     let bad = |field, reason: String| Err(CoreError::InvalidArgument { field, reason });
     if owner.client_id.is_empty() {
@@ -484,17 +509,24 @@ fn check_owner(owner: &Owner) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// Leaves the queue when an Acquire future is dropped while waiting.
+/// Leaves the queue when an Acquire future is dropped while waiting, and releases a grant that
+/// arrived but was never taken (a grant still under way finds the receiver gone and releases).
 struct QueueGuard<'a> {
     core: &'a Core,
     resource: &'a ResourceName,
     id: Option<u64>,
+    rx: oneshot::Receiver<Result<Grant, CoreError>>,
 }
 
 impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id {
             self.core.inner.lock().remove_waiter(self.resource, id);
+            if let Ok(Ok(grant)) = self.rx.try_recv() {
+                let _ = self
+                    .core
+                    .release(&grant.lease.resource, &grant.lease.lease_id);
+            }
         }
     }
 }

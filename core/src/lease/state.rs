@@ -87,11 +87,19 @@ impl LeaseRec {
     }
 }
 
+/// What is remembered of an ended lease.
+pub(super) struct Ended {
+    pub reason: EndReason,
+    pub resource: ResourceName,
+    /// Its append results, so a retry after a lost reply still gets the original answer.
+    pub appends: VecDeque<(String, Appended)>,
+}
+
 #[derive(Default)]
 pub(super) struct State {
     pub resources: HashMap<ResourceName, Res>,
     pub leases: HashMap<Arc<str>, LeaseRec>,
-    pub ended: HashMap<Arc<str>, (EndReason, ResourceName)>,
+    pub ended: HashMap<Arc<str>, Ended>,
     ended_order: VecDeque<Arc<str>>,
     pub deadlines: BTreeSet<(Instant, Arc<str>)>,
     pub idempotency: HashMap<(String, String), Arc<str>>,
@@ -132,10 +140,10 @@ impl State {
 
     pub fn ended_error(&self, id: &str) -> CoreError {
         match self.ended.get(id) {
-            Some((reason, resource)) => CoreError::LeaseEnded {
+            Some(ended) => CoreError::LeaseEnded {
                 lease_id: id.to_owned(),
-                resource: resource.as_str().to_owned(),
-                reason: *reason,
+                resource: ended.resource.as_str().to_owned(),
+                reason: ended.reason,
             },
             None => CoreError::LeaseNotFound {
                 lease_id: id.to_owned(),
@@ -150,16 +158,25 @@ impl State {
         };
         self.deadlines.remove(&(rec.deadline, id.clone()));
         if let Some(key) = &rec.idempotency_key {
-            self.idempotency
-                .remove(&(rec.owner.client_id.clone(), key.clone()));
+            let k = (rec.owner.client_id.clone(), key.clone());
+            // The same key may have been reused for a newer lease: only drop our own mapping.
+            if self.idempotency.get(&k) == Some(id) {
+                self.idempotency.remove(&k);
+            }
         }
         if self.ended_order.len() == TOMBSTONES
             && let Some(old) = self.ended_order.pop_front()
         {
             self.ended.remove(&old);
         }
-        self.ended
-            .insert(id.clone(), (reason, rec.resource.clone()));
+        self.ended.insert(
+            id.clone(),
+            Ended {
+                reason,
+                resource: rec.resource.clone(),
+                appends: rec.appends.clone(),
+            },
+        );
         self.ended_order.push_back(id.clone());
         fx.events.push(Event {
             kind: EventKind::Ended(reason),
@@ -200,6 +217,18 @@ impl State {
         }
     }
 
+    /// Forgets a resource's in-memory state if it is free, unwaited for and its gate is open
+    /// (called after a gate is released, since [`State::pump`] keeps the entry while it is held).
+    pub fn forget_if_idle(&mut self, resource: &ResourceName) {
+        if let Some(res) = self.resources.get(resource)
+            && matches!(res.holder, Holder::Free)
+            && res.queue.is_empty()
+            && res.gate.try_lock().is_ok()
+        {
+            self.resources.remove(resource);
+        }
+    }
+
     /// Removes a queued waiter; false if it is no longer queued (being granted, or gone).
     pub fn remove_waiter(&mut self, resource: &ResourceName, id: u64) -> bool {
         let Some(res) = self.resources.get_mut(resource) else {
@@ -223,6 +252,18 @@ impl State {
         }
         self.once_order.push_back(key.clone());
         self.once.insert(key, result);
+    }
+
+    /// The remembered result of `request_id` under lease `id`, live or ended.
+    pub fn remembered(&self, id: &str, request_id: &str) -> Option<Appended> {
+        let appends = match self.leases.get(id) {
+            Some(rec) => &rec.appends,
+            None => &self.ended.get(id)?.appends,
+        };
+        appends
+            .iter()
+            .find(|(r, _)| r == request_id)
+            .map(|(_, done)| *done)
     }
 
     /// Moves a lease's deadline.

@@ -36,8 +36,11 @@ impl Store for MemStore {
             .or_default()
             .clone())
     }
-    async fn issue_token(&self, _: &ResourceName) -> Result<u64, CoreError> {
-        Ok(self.tokens.fetch_add(1, Ordering::SeqCst) + 1)
+    async fn issue_token(&self, _: &ResourceName, floor: u64) -> Result<u64, CoreError> {
+        Ok((self.tokens.fetch_add(1, Ordering::SeqCst) + 1).max(floor + 1))
+    }
+    async fn resources(&self) -> Result<Vec<ResourceName>, CoreError> {
+        Ok(self.logs.lock().unwrap().keys().cloned().collect())
     }
     async fn close(&self) {}
 }
@@ -384,5 +387,34 @@ async fn append_and_release_frees_the_resource_for_the_next_waiter() {
     assert_eq!(
         core.lease_status(&g.lease.lease_id),
         LeaseStatus::Ended(EndReason::Released)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_append_and_release_gets_the_original_result_after_the_lease_ended() {
+    let core = core();
+    let g = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    let mut req = append(&g, "{\"n\":1}");
+    req.request_id = Some("r-1".into());
+    req.release = true;
+    let first = core.append(req.clone()).await.unwrap();
+    assert_eq!(core.append(req).await.unwrap(), first);
+    assert_eq!(
+        core.read(&name(), ReadFrom::Seq(1), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversized_client_keys_are_refused() {
+    let core = core();
+    let mut a = args("a", Duration::ZERO);
+    a.idempotency_key = Some("k".repeat(129));
+    assert_eq!(
+        core.acquire(a).await.unwrap_err().reason(),
+        "INVALID_ARGUMENT"
     );
 }

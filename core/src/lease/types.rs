@@ -190,7 +190,7 @@ pub struct Event {
 }
 
 /// Kinds of [`Event`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
     /// A lease was granted.
     Granted,
@@ -198,4 +198,8 @@ pub enum EventKind {
     Ended(EndReason),
     /// A batch was appended.
     Appended,
+    /// The session file was found changed behind the server's back (what changed).
+    ExternalModification(Arc<str>),
+    /// An operator adopted the file's current content (what was adopted).
+    Adopted(Arc<str>),
 }

@@ -39,11 +39,18 @@ pub trait Store: Send + Sync + 'static {
     async fn open(&self, name: &ResourceName) -> Result<Arc<dyn ResourceLog>, CoreError>;
 
     /// Issues a fencing token for `name`, durable before it returns: strictly greater than any
-    /// token ever issued for it, across crashes and restarts.
+    /// token ever issued for it, across crashes and restarts, and than `floor` (the newest token
+    /// recorded in its log, in case the token state was lost or restored from an old copy).
     ///
     /// # Errors
     /// A storage error; no token is issued then.
-    async fn issue_token(&self, name: &ResourceName) -> Result<u64, CoreError>;
+    async fn issue_token(&self, name: &ResourceName, floor: u64) -> Result<u64, CoreError>;
+
+    /// Every resource the store has metadata for (for the start-up tamper scan).
+    ///
+    /// # Errors
+    /// A storage error listing them.
+    async fn resources(&self) -> Result<Vec<ResourceName>, CoreError>;
 
     /// Makes everything written so far durable and stops background work (clean shutdown).
     async fn close(&self);

@@ -118,7 +118,7 @@ pub fn read(
         let mut sent = 0u64;
         let mut batch = first;
         loop {
-            let full = batch.len() == chunk;
+            // A chunk may be cut short by its byte bound: read on until one comes back empty.
             let next_seq = batch.last().map(|e| e.seq + 1);
             for e in batch {
                 if tx.send(Ok(convert::entry(e))).await.is_err() {
@@ -126,7 +126,7 @@ pub fn read(
                 }
                 sent += 1;
             }
-            let (Some(next_seq), true) = (next_seq, full && sent < limit) else {
+            let (Some(next_seq), true) = (next_seq, sent < limit) else {
                 return;
             };
             let want = usize::try_from(limit - sent)

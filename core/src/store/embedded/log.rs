@@ -1,7 +1,6 @@
 //! One resource's log in the embedded store: its files, in-memory index and head.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +15,9 @@ use crate::model::{Head, StoredEntry, chain};
 use crate::resource::ResourceName;
 use crate::store::{NewBatch, ResourceLog};
 
+/// Most bytes one read returns (at least one entry).
+const READ_BYTES: u64 = 4 << 20;
+
 /// A resource's log in the embedded store.
 #[derive(Debug)]
 pub struct EmbeddedLog {
@@ -23,7 +25,6 @@ pub struct EmbeddedLog {
     root: PathBuf,
     paths: ResourcePaths,
     wal: Sender<Msg>,
-    file_ids: Arc<AtomicU64>,
     // std Mutex: held only for in-memory updates, never across an await or I/O.
     state: Mutex<LogState>,
 }
@@ -34,6 +35,18 @@ struct LogState {
     index: Index,
     head: Head,
     blocked: Option<CoreError>,
+    /// An append is between its length check and its head update: the file may legitimately be
+    /// longer than the head, so on-disk checks must wait.
+    in_flight: bool,
+}
+
+/// Clears `in_flight` however an append ends.
+struct InFlight<'a>(&'a EmbeddedLog);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.lock().in_flight = false;
+    }
 }
 
 impl EmbeddedLog {
@@ -42,7 +55,6 @@ impl EmbeddedLog {
         root: &Path,
         name: &ResourceName,
         wal: Sender<Msg>,
-        file_ids: Arc<AtomicU64>,
     ) -> Result<Self, CoreError> {
         paths::check(root, name)?;
         let paths = ResourcePaths::new(root, name);
@@ -51,6 +63,7 @@ impl EmbeddedLog {
             index: Index::default(),
             head: Head::EMPTY,
             blocked: None,
+            in_flight: false,
         };
         let data = paths::open_regular(name, &paths.data, false, false)?;
         let index_bytes = match std::fs::read(&paths.index) {
@@ -88,12 +101,10 @@ impl EmbeddedLog {
                 if let Some(m) = mismatch {
                     state.blocked = Some(modified(m.describe()));
                 }
-                let ids = file_ids.fetch_add(1, Ordering::Relaxed);
                 state.files = Some(Arc::new(open_files(
                     name,
                     &paths,
                     file,
-                    ids,
                     index_valid as u64,
                 )?));
             }
@@ -103,7 +114,6 @@ impl EmbeddedLog {
             root: root.to_path_buf(),
             paths,
             wal,
-            file_ids,
             state: Mutex::new(state),
         })
     }
@@ -121,7 +131,6 @@ fn create_files(
     root: &Path,
     name: &ResourceName,
     paths: &ResourcePaths,
-    file_ids: &AtomicU64,
 ) -> Result<(Arc<Files>, Vec<PathBuf>), CoreError> {
     let mut dirs = paths::create_parents(root, name)?;
     let data = paths::open_regular(name, &paths.data, true, false)?
@@ -135,8 +144,7 @@ fn create_files(
     }
     std::fs::create_dir_all(&index_dir).map_err(|e| paths::io_error(name, &index_dir, &e))?;
     dirs.push(index_dir);
-    let id = file_ids.fetch_add(1, Ordering::Relaxed);
-    Ok((Arc::new(open_files(name, paths, data, id, 0)?), dirs))
+    Ok((Arc::new(open_files(name, paths, data, 0)?), dirs))
 }
 
 fn parent(p: &Path) -> PathBuf {
@@ -147,13 +155,18 @@ fn open_files(
     name: &ResourceName,
     paths: &ResourcePaths,
     data: std::fs::File,
-    id: u64,
     index_valid: u64,
 ) -> Result<Files, CoreError> {
     use std::os::unix::fs::MetadataExt;
     let meta = data
         .metadata()
         .map_err(|e| paths::io_error(name, &paths.data, &e))?;
+    let index_dir = parent(&paths.index);
+    if !index_dir.is_dir() {
+        // A session file with no index yet (written before fencepost, or a crash mid-create).
+        paths::create_dir_all_synced(&index_dir)
+            .map_err(|e| paths::io_error(name, &index_dir, &e))?;
+    }
     let index = paths::open_regular(name, &paths.index, true, true)?.expect("created");
     // Cut a torn, never-acknowledged index tail so the next record starts on a fresh line.
     let index_len = index
@@ -166,7 +179,6 @@ fn open_files(
             .map_err(|e| paths::io_error(name, &paths.index, &e))?;
     }
     Ok(Files {
-        id,
         data,
         index,
         data_path: paths.data.clone(),
@@ -189,25 +201,32 @@ impl ResourceLog for EmbeddedLog {
     }
 
     fn blocked(&self) -> Option<CoreError> {
-        let mut st = self.lock();
-        if st.blocked.is_none()
-            && let Some(files) = &st.files
-            && let Some(detail) = wal::changed_on_disk(files, st.head.length)
-        {
-            st.blocked = Some(CoreError::ExternalModification {
-                resource: self.name.as_str().to_owned(),
-                detail,
-            });
-        }
-        st.blocked.clone()
+        let (files, len) = {
+            let st = self.lock();
+            if let Some(err) = &st.blocked {
+                return Some(err.clone());
+            }
+            match (&st.files, st.in_flight) {
+                (Some(files), false) => (files.clone(), st.head.length),
+                _ => return None,
+            }
+        };
+        // Stat outside the lock; the answer counts only if no append moved the head meanwhile.
+        let detail = wal::changed_on_disk(&files, len)?;
+        let st = self.lock();
+        (!st.in_flight && st.head.length == len).then(|| CoreError::ExternalModification {
+            resource: self.name.as_str().to_owned(),
+            detail,
+        })
     }
 
     async fn append(&self, batch: NewBatch) -> Result<Head, CoreError> {
         let (record, hashes, data, files) = {
-            let st = self.lock();
+            let mut st = self.lock();
             if let Some(err) = &st.blocked {
                 return Err(err.clone());
             }
+            st.in_flight = true;
             let head = st.head;
             let mut hashes = Vec::with_capacity(batch.entries.len());
             let mut hash = head.chain_hash;
@@ -234,17 +253,14 @@ impl ResourceLog for EmbeddedLog {
             };
             (record, hashes, data, st.files.clone())
         };
+        let _in_flight = InFlight(self);
         let (files, new_dirs) = match files {
             Some(f) => (f, Vec::new()),
             None => {
-                let (root, name, paths, ids) = (
-                    self.root.clone(),
-                    self.name.clone(),
-                    self.paths.clone(),
-                    self.file_ids.clone(),
-                );
+                let (root, name, paths) =
+                    (self.root.clone(), self.name.clone(), self.paths.clone());
                 let (f, dirs) =
-                    tokio::task::spawn_blocking(move || create_files(&root, &name, &paths, &ids))
+                    tokio::task::spawn_blocking(move || create_files(&root, &name, &paths))
                         .await
                         .map_err(|e| CoreError::StorageFailed {
                             resource: self.name.as_str().to_owned(),
@@ -294,7 +310,16 @@ impl ResourceLog for EmbeddedLog {
             let Some(files) = st.files.clone() else {
                 return Ok(Vec::new());
             };
-            let end = st.index.entries.len().min(start.saturating_add(limit));
+            let mut end = st.index.entries.len().min(start.saturating_add(limit));
+            // Bound the bytes held per read (entries may be up to the batch limit each).
+            let mut bytes = 0u64;
+            for (i, e) in st.index.entries.iter().enumerate().take(end).skip(start) {
+                bytes += u64::from(e.len);
+                if bytes > READ_BYTES && i > start {
+                    end = i;
+                    break;
+                }
+            }
             if start >= end {
                 return Ok(Vec::new());
             }
@@ -355,16 +380,15 @@ impl ResourceLog for EmbeddedLog {
         rx.await
             .map_err(|_| CoreError::ShuttingDown)?
             .map_err(|e| paths::io_error(&self.name, &self.paths.index, &e))?;
-        let (root, name, paths, wal, ids) = (
+        let (root, name, paths, wal) = (
             self.root.clone(),
             self.name.clone(),
             self.paths.clone(),
             self.wal.clone(),
-            self.file_ids.clone(),
         );
         let (detail, fresh) = tokio::task::spawn_blocking(move || {
             let detail = super::adopt::adopt(&root, &name, &paths)?;
-            Ok::<_, CoreError>((detail, EmbeddedLog::load(&root, &name, wal, ids)?))
+            Ok::<_, CoreError>((detail, EmbeddedLog::load(&root, &name, wal)?))
         })
         .await
         .map_err(|e| CoreError::StorageFailed {

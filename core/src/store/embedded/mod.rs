@@ -16,9 +16,8 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
@@ -38,9 +37,10 @@ pub struct EmbeddedStore {
     _lock: File,
     tokens: Tokens,
     wal: Sender<Msg>,
-    file_ids: Arc<AtomicU64>,
     // std Mutex: map look-ups only, never held across an await or I/O.
-    logs: Mutex<HashMap<ResourceName, Weak<EmbeddedLog>>>,
+    logs: Mutex<LogCache>,
+    /// Loads are single-flight, so two instances of one resource's log never coexist.
+    loading: tokio::sync::Mutex<()>,
     replayed: ReplayReport,
 }
 
@@ -82,8 +82,8 @@ impl EmbeddedStore {
             _lock: lock,
             tokens,
             wal,
-            file_ids: Arc::new(AtomicU64::new(0)),
-            logs: Mutex::new(HashMap::new()),
+            logs: Mutex::new(LogCache::default()),
+            loading: tokio::sync::Mutex::new(()),
             replayed,
         })
     }
@@ -100,12 +100,49 @@ impl EmbeddedStore {
         &self.root
     }
 
-    fn cached(&self, name: &ResourceName) -> Option<Arc<EmbeddedLog>> {
-        let logs = self
-            .logs
+    fn cache(&self) -> std::sync::MutexGuard<'_, LogCache> {
+        self.logs
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        logs.get(name).and_then(Weak::upgrade)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Logs kept loaded (open files, verified index) beyond those in use.
+const CACHED_LOGS: usize = 512;
+
+/// Loaded logs by resource, least recently used evicted first; a log in use elsewhere (someone
+/// else holds its `Arc`) is never evicted, so at most one instance per resource exists.
+#[derive(Debug, Default)]
+struct LogCache {
+    map: HashMap<ResourceName, (Arc<EmbeddedLog>, u64)>,
+    clock: u64,
+}
+
+impl LogCache {
+    fn get(&mut self, name: &ResourceName) -> Option<Arc<EmbeddedLog>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.map.get_mut(name).map(|(log, used)| {
+            *used = clock;
+            log.clone()
+        })
+    }
+
+    fn insert(&mut self, name: ResourceName, log: Arc<EmbeddedLog>) {
+        self.clock += 1;
+        self.map.insert(name, (log, self.clock));
+        if self.map.len() > CACHED_LOGS {
+            let mut idle: Vec<(u64, ResourceName)> = self
+                .map
+                .iter()
+                .filter(|(_, (log, _))| Arc::strong_count(log) == 1)
+                .map(|(name, (_, used))| (*used, name.clone()))
+                .collect();
+            idle.sort_unstable();
+            for (_, name) in idle.into_iter().take(CACHED_LOGS / 8) {
+                self.map.remove(&name);
+            }
+        }
     }
 }
 
@@ -140,45 +177,70 @@ fn take_lock(path: &Path, root: &Path) -> io::Result<File> {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn open(&self, name: &ResourceName) -> Result<Arc<dyn ResourceLog>, CoreError> {
-        if let Some(log) = self.cached(name) {
+        if let Some(log) = self.cache().get(name) {
             return Ok(log);
         }
-        let (root, n, wal, ids) = (
-            self.root.clone(),
-            name.clone(),
-            self.wal.clone(),
-            self.file_ids.clone(),
-        );
-        let loaded = tokio::task::spawn_blocking(move || EmbeddedLog::load(&root, &n, wal, ids))
+        let _loading = self.loading.lock().await;
+        if let Some(log) = self.cache().get(name) {
+            return Ok(log);
+        }
+        let (root, n, wal) = (self.root.clone(), name.clone(), self.wal.clone());
+        let loaded = tokio::task::spawn_blocking(move || EmbeddedLog::load(&root, &n, wal))
             .await
             .map_err(|e| CoreError::StorageFailed {
                 resource: name.as_str().to_owned(),
                 detail: e.to_string(),
             })??;
-        let mut logs = self
-            .logs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Another caller may have loaded it meanwhile: keep exactly one log per resource.
-        if let Some(existing) = logs.get(name).and_then(Weak::upgrade) {
-            return Ok(existing);
-        }
         let log = Arc::new(loaded);
-        logs.insert(name.clone(), Arc::downgrade(&log));
-        if logs.len() > 4096 && logs.len().is_power_of_two() {
-            logs.retain(|_, w| w.strong_count() > 0);
-        }
+        self.cache().insert(name.clone(), log.clone());
         Ok(log)
     }
 
-    async fn issue_token(&self, name: &ResourceName) -> Result<u64, CoreError> {
+    async fn issue_token(&self, name: &ResourceName, floor: u64) -> Result<u64, CoreError> {
         self.tokens
-            .next()
+            .next(floor)
             .await
             .map_err(|e| CoreError::StorageFailed {
                 resource: name.as_str().to_owned(),
                 detail: format!("raising the token ceiling failed: {e}"),
             })
+    }
+
+    async fn resources(&self) -> Result<Vec<ResourceName>, CoreError> {
+        let index_root = paths::meta_dir(&self.root).join("index");
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut dirs = vec![index_root.clone()];
+            while let Some(dir) = dirs.pop() {
+                let Ok(listing) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in listing.flatten() {
+                    let path = entry.path();
+                    let Ok(kind) = entry.file_type() else {
+                        continue;
+                    };
+                    if kind.is_dir() {
+                        dirs.push(path);
+                    } else if let Some(name) = path
+                        .strip_prefix(&index_root)
+                        .ok()
+                        .and_then(|p| p.to_str())
+                        .and_then(|p| p.strip_suffix(".idx"))
+                        .and_then(|p| ResourceName::parse(p).ok())
+                    {
+                        out.push(name);
+                    }
+                }
+            }
+            out.sort();
+            out
+        })
+        .await
+        .map_err(|e| CoreError::StorageFailed {
+            resource: "*".into(),
+            detail: e.to_string(),
+        })
     }
 
     async fn close(&self) {

@@ -162,6 +162,21 @@ pub fn open_regular(
     Ok(Some(file))
 }
 
+/// Creates `dir` and its missing parents, and fsyncs each parent whose entries changed.
+///
+/// # Errors
+/// The I/O error.
+pub fn create_dir_all_synced(dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 /// fsyncs a directory so that entries created in it survive power loss.
 ///
 /// # Errors

@@ -48,15 +48,17 @@ impl Tokens {
         })
     }
 
-    /// The next token, durable: strictly above every token issued before, across restarts.
+    /// The next token, durable: strictly above every token issued before (across restarts) and
+    /// above `floor`.
     ///
     /// # Errors
     /// The I/O error raising the ceiling; no token is issued then.
-    pub async fn next(&self) -> io::Result<u64> {
+    pub async fn next(&self, floor: u64) -> io::Result<u64> {
         let mut state = self.state.lock().await;
-        let (next, ceiling) = *state;
+        let next = state.0.max(floor + 1);
+        let ceiling = state.1;
         if next > ceiling {
-            let raised = ceiling + BLOCK;
+            let raised = next + BLOCK - 1;
             let path = self.path.clone();
             tokio::task::spawn_blocking(move || persist(&path, raised))
                 .await
@@ -88,12 +90,17 @@ mod tests {
         let first = Tokens::load(path.clone()).unwrap();
         let mut last = 0;
         for _ in 0..10 {
-            let t = first.next().await.unwrap();
+            let t = first.next(0).await.unwrap();
             assert!(t > last);
             last = t;
         }
         drop(first); // a crash: no clean shutdown
         let second = Tokens::load(path).unwrap();
-        assert!(second.next().await.unwrap() > last);
+        assert!(second.next(0).await.unwrap() > last);
+        assert_eq!(
+            second.next(100_000).await.unwrap(),
+            100_001,
+            "a floor is honoured"
+        );
     }
 }

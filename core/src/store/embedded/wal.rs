@@ -24,12 +24,13 @@ use crate::resource::ResourceName;
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// Most batches committed by one fdatasync.
 const MAX_GROUP: usize = 1024;
+/// Files written since the last checkpoint after which the writer checkpoints (bounds the
+/// descriptors it keeps open).
+const CHECKPOINT_FILES: usize = 256;
 
 /// The open files of one resource.
 #[derive(Debug)]
 pub struct Files {
-    /// Process-unique id, for the dirty set.
-    pub id: u64,
     /// The session file (positional writes).
     pub data: File,
     /// The index file (append mode).
@@ -142,7 +143,9 @@ struct Writer {
     wal: File,
     wal_dir: PathBuf,
     size: u64,
-    dirty: HashMap<u64, Arc<Files>>,
+    // Keyed by path: fsync flushes the file whichever descriptor asks, so the newest one suffices
+    // and older ones are closed.
+    dirty: HashMap<PathBuf, Arc<Files>>,
     dirty_dirs: Vec<PathBuf>,
     broken: Option<String>,
 }
@@ -176,10 +179,17 @@ impl Writer {
             if !group.is_empty() {
                 self.commit(group);
             }
-            if !checkpoints.is_empty() || self.size >= CHECKPOINT_BYTES {
+            if !checkpoints.is_empty()
+                || self.size >= CHECKPOINT_BYTES
+                || self.dirty.len() >= CHECKPOINT_FILES
+            {
                 let result = self.checkpoint();
                 if let Err(e) = &result {
-                    tracing::error!(error = %e, "checkpoint failed; the WAL is kept");
+                    // A failed fsync may have dropped dirty pages (and cleared the error): never
+                    // truncate the WAL after one. The store stops; a restart replays the WAL.
+                    tracing::error!(error = %e, "checkpoint failed; the store stops accepting writes and keeps the WAL");
+                    self.broken
+                        .get_or_insert_with(|| format!("checkpoint failed: {e}"));
                 }
                 for reply in checkpoints {
                     let _ = reply.send(
@@ -236,15 +246,18 @@ impl Writer {
             let reply = match result {
                 Ok(()) => {
                     self.dirty
-                        .entry(job.files.id)
-                        .or_insert_with(|| job.files.clone());
+                        .insert(job.files.data_path.clone(), job.files.clone());
                     self.dirty_dirs.extend(job.new_dirs);
                     Ok(())
                 }
-                Err(e) => Err(store_failed(
-                    job.name.as_str(),
-                    &format!("writing {} failed: {e}", job.files.data_path.display()),
-                )),
+                Err(e) => {
+                    // The batch is in the WAL but not in its files: stop everything, so that a
+                    // restart replays it rather than anything being written over it.
+                    let detail = format!("writing {} failed: {e}", job.files.data_path.display());
+                    tracing::error!(resource = %job.name, %detail, "the store stops accepting writes");
+                    self.broken.get_or_insert_with(|| detail.clone());
+                    Err(store_failed(job.name.as_str(), &detail))
+                }
             };
             let _ = job.reply.send(reply);
         }

@@ -1,0 +1,99 @@
+//! The tamper scan: once at start over every resource the store knows (a full check of each file
+//! against its index), then periodically over the resources in use (length and identity). A newly
+//! found change is logged and published as an event, once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::Inner;
+use super::types::{Event, EventKind};
+use crate::model::{Owner, OwnerKind, now_unix_micros};
+use crate::resource::ResourceName;
+use crate::store::ResourceLog;
+
+pub(super) async fn run(inner: Arc<Inner>) {
+    let mut reported: HashSet<ResourceName> = HashSet::new();
+    match inner.store.resources().await {
+        Ok(names) => {
+            for name in names {
+                if inner.lock().closed {
+                    return;
+                }
+                let cached = inner
+                    .lock()
+                    .resources
+                    .get(&name)
+                    .and_then(|r| r.log.clone());
+                let log = match cached {
+                    Some(log) => Ok(log),
+                    None => inner.store.open(&name).await,
+                };
+                match log {
+                    Ok(log) => check(&inner, &name, log.as_ref(), &mut reported),
+                    Err(e) => {
+                        tracing::warn!(resource = %name, error = %e, "start-up scan cannot open resource")
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "start-up scan cannot list resources"),
+    }
+    let mut tick = tokio::time::interval(inner.limits.scan_interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let active: Vec<(ResourceName, Arc<dyn ResourceLog>)> = {
+            let st = inner.lock();
+            if st.closed {
+                return;
+            }
+            st.resources
+                .iter()
+                .filter_map(|(n, r)| r.log.clone().map(|l| (n.clone(), l)))
+                .collect()
+        };
+        reported.retain(|n| active.iter().any(|(a, _)| a == n));
+        for (name, log) in active {
+            check(&inner, &name, log.as_ref(), &mut reported);
+        }
+    }
+}
+
+fn check(
+    inner: &Inner,
+    name: &ResourceName,
+    log: &dyn ResourceLog,
+    reported: &mut HashSet<ResourceName>,
+) {
+    let Some(err) = log.blocked() else {
+        reported.remove(name);
+        return;
+    };
+    if !reported.insert(name.clone()) {
+        return;
+    }
+    tracing::warn!(resource = %name, error = %err, "session file refused for appends");
+    publish(
+        inner,
+        name,
+        EventKind::ExternalModification(Arc::from(err.to_string())),
+    );
+}
+
+/// Publishes a server-side event (no lease involved).
+pub(super) fn publish(inner: &Inner, name: &ResourceName, kind: EventKind) {
+    let _ = inner.events.send(Event {
+        kind,
+        resource: name.clone(),
+        lease_id: Arc::from(""),
+        token: 0,
+        owner: Arc::new(Owner {
+            client_id: "server".into(),
+            name: "fencepost".into(),
+            kind: OwnerKind::Other,
+        }),
+        seqs: None,
+        head: None,
+        time_unix_micros: now_unix_micros(),
+    });
+}
