@@ -12,6 +12,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    // Test builds only: FAILPOINTS=name=action configures the store's failpoints.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     init_tracing(config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

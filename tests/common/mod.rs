@@ -50,6 +50,7 @@ pub fn command(name: &str) -> Command {
             command.env_remove(key);
         }
     }
+    command.env_remove("FAILPOINTS");
     command
 }
 
@@ -59,6 +60,8 @@ pub struct ServerOpts {
     unix: bool,
     data_dir: Option<PathBuf>,
     args: Vec<String>,
+    /// `FAILPOINTS` for the next start only (the test build of the server honours it).
+    failpoints: Option<String>,
 }
 
 impl ServerOpts {
@@ -71,6 +74,12 @@ impl ServerOpts {
     /// Use this data dir instead of a fresh one.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Start with these failpoints armed (e.g. `wal-synced=3*off->return`); a restart clears them.
+    pub fn failpoints(mut self, spec: &str) -> Self {
+        self.failpoints = Some(spec.to_owned());
         self
     }
 
@@ -132,6 +141,7 @@ impl Server {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.opts.args)
+            .envs(self.opts.failpoints.take().map(|f| ("FAILPOINTS", f)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -183,6 +193,12 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server is running").id()
+    }
+
+    /// Waits for the server to exit on its own (e.g. an armed crash point), then reaps it.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.take().expect("server is running");
+        wait_status(child, WAIT)
     }
 
     /// Real SIGKILL, then reap.

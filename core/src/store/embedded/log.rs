@@ -135,6 +135,7 @@ fn create_files(
     let mut dirs = paths::create_parents(root, name)?;
     let data = paths::open_regular(name, &paths.data, true, false)?
         .expect("create(true) always yields a file");
+    fail::fail_point!("created-data", |_| std::process::abort());
     dirs.push(parent(&paths.data));
     let index_dir = parent(&paths.index);
     let mut missing = index_dir.clone();

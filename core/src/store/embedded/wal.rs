@@ -5,6 +5,12 @@
 //! resources. Only then does it write the lines into the session files and their indexes (page
 //! cache), and acknowledge. Session files are fsync'd at checkpoints, after which the WAL is reset;
 //! on start, [`super::replay`] re-applies whatever the WAL holds beyond the last checkpoint.
+//!
+//! Named failpoints (cargo feature `failpoints`, set with `FAILPOINTS=name=return`, tests only)
+//! sit at each durability boundary: `wal-write`, `wal-written`, `wal-sync`, `wal-synced`,
+//! `data-write`, `data-written`, `index-written`, `checkpoint-sync`, `checkpoint-synced`, and
+//! `created-data` in [`super::log`]. The `*-written`/`*-synced` ones abort the process; the
+//! others inject EIO (or ENOSPC with `return(enospc)`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -227,7 +233,14 @@ impl Writer {
         if ready.is_empty() {
             return;
         }
-        if let Err(e) = self.wal.write_all(&buf).and_then(|()| self.wal.sync_data()) {
+        let durable = (|| -> io::Result<()> {
+            fail::fail_point!("wal-write", |arg| Err(injected(arg)));
+            self.wal.write_all(&buf)?;
+            fail::fail_point!("wal-written", |_| std::process::abort());
+            fail::fail_point!("wal-sync", |arg| Err(injected(arg)));
+            self.wal.sync_data()
+        })();
+        if let Err(e) = durable {
             let detail = format!("write-ahead log write or fsync failed: {e}");
             tracing::error!(error = %e, "WAL write failed; the store stops accepting writes");
             for job in ready {
@@ -238,11 +251,15 @@ impl Writer {
         }
         self.size += buf.len() as u64;
         for job in ready {
-            let result = job
-                .files
-                .data
-                .write_all_at(&job.data, job.expected_len)
-                .and_then(|()| (&job.files.index).write_all(&job.index_line));
+            let result = (|| -> io::Result<()> {
+                fail::fail_point!("wal-synced", |_| std::process::abort());
+                fail::fail_point!("data-write", |arg| Err(injected(arg)));
+                job.files.data.write_all_at(&job.data, job.expected_len)?;
+                fail::fail_point!("data-written", |_| std::process::abort());
+                (&job.files.index).write_all(&job.index_line)?;
+                fail::fail_point!("index-written", |_| std::process::abort());
+                Ok(())
+            })();
             let reply = match result {
                 Ok(()) => {
                     self.dirty
@@ -270,6 +287,7 @@ impl Writer {
             ));
         }
         for files in self.dirty.values() {
+            fail::fail_point!("checkpoint-sync", |arg| Err(injected(arg)));
             files.data.sync_data()?;
             files.index.sync_data()?;
         }
@@ -280,6 +298,7 @@ impl Writer {
         }
         self.dirty.clear();
         self.dirty_dirs.clear();
+        fail::fail_point!("checkpoint-synced", |_| std::process::abort());
         self.wal.set_len(0)?;
         self.wal.sync_all()?;
         sync_dir(&self.wal_dir)?;
@@ -323,6 +342,15 @@ pub fn changed_on_disk(files: &Files, expected_len: u64) -> Option<String> {
         std::cmp::Ordering::Less => Some(format!(
             "truncated: {len} bytes on disk, {expected_len} recorded"
         )),
+    }
+}
+
+/// The error a test failpoint injects: `return(enospc)` gives ENOSPC, anything else EIO.
+#[cfg(feature = "failpoints")]
+fn injected(arg: Option<String>) -> io::Error {
+    match arg.as_deref() {
+        Some("enospc") => io::Error::from_raw_os_error(libc::ENOSPC),
+        _ => io::Error::from_raw_os_error(libc::EIO),
     }
 }
 
