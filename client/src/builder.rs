@@ -6,18 +6,35 @@ use fencepost as proto;
 use proto::v1::OwnerKind;
 
 use crate::endpoint::Target;
-use crate::{Client, Error, owner};
+use crate::{Client, Error, RetryPolicy, owner};
 
 /// The connect timeout used unless [`ClientBuilder::connect_timeout`] says otherwise.
+///
+/// ```
+/// assert_eq!(fencepost_client::DEFAULT_CONNECT_TIMEOUT.as_secs(), 5);
+/// ```
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds a [`Client`]: `Client::builder("unix:/run/fencepost.sock").request_timeout(..).connect()`.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), fencepost_client::Error> {
+/// use fencepost_client::{Client, OwnerKind};
+/// let client = Client::builder("unix:/run/fencepost.sock")
+///     .name("cron@host1")
+///     .kind(OwnerKind::Cron)
+///     .connect()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ClientBuilder {
     endpoint: String,
     connect_timeout: Duration,
     request_timeout: Option<Duration>,
+    retry: RetryPolicy,
     client_id: Option<String>,
     name: Option<String>,
     kind: OwnerKind,
@@ -29,6 +46,7 @@ impl ClientBuilder {
             endpoint: endpoint.into(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: None,
+            retry: RetryPolicy::default(),
             client_id: None,
             name: None,
             kind: OwnerKind::Runner,
@@ -36,6 +54,16 @@ impl ClientBuilder {
     }
 
     /// How long connecting (socket plus HTTP/2 handshake) may take. Default 5s.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), fencepost_client::Error> {
+    /// let client = fencepost_client::Client::builder("127.0.0.1:7420")
+    ///     .connect_timeout(std::time::Duration::from_secs(1))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -43,26 +71,85 @@ impl ClientBuilder {
 
     /// How long each call may wait for its answer; unset (the default) waits as long as the
     /// server takes. An acquire gets its own `wait` on top of this, so a long queue wait is never
-    /// cut short. On streaming calls it bounds only the wait for the stream to open.
+    /// cut short. On streaming calls it bounds only the wait for the stream to open. A call
+    /// that times out is retried like any transient failure (see [`ClientBuilder::retry`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), fencepost_client::Error> {
+    /// let client = fencepost_client::Client::builder("127.0.0.1:7420")
+    ///     .request_timeout(std::time::Duration::from_secs(3))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = Some(timeout);
         self
     }
 
+    /// How transient failures are retried (default [`RetryPolicy::default`]: up to 15s);
+    /// [`RetryPolicy::disabled`] tries every call once.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), fencepost_client::Error> {
+    /// use fencepost_client::{Client, RetryPolicy};
+    /// let client = Client::builder("127.0.0.1:7420")
+    ///     .retry(RetryPolicy::disabled())
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
     /// Uses this `client_id` instead of a fresh UUID: for a process that must be recognised as
     /// the same owner across restarts (an acquire retried with the same idempotency key).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), fencepost_client::Error> {
+    /// let client = fencepost_client::Client::builder("127.0.0.1:7420")
+    ///     .client_id("gateway-1")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
         self.client_id = Some(client_id.into());
         self
     }
 
     /// The owner name recorded with leases and entries. Default `<hostname> pid <pid>`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), fencepost_client::Error> {
+    /// let client = fencepost_client::Client::builder("127.0.0.1:7420")
+    ///     .name("heartbeat@host1")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
     }
 
     /// The owner kind recorded with leases and entries. Default [`OwnerKind::Runner`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), fencepost_client::Error> {
+    /// let client = fencepost_client::Client::builder("127.0.0.1:7420")
+    ///     .kind(fencepost_client::OwnerKind::Cron)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn kind(mut self, kind: OwnerKind) -> Self {
         self.kind = kind;
         self
@@ -75,6 +162,13 @@ impl ClientBuilder {
     /// [`Error::InvalidInput`] (reason `INVALID_ENDPOINT`) for an endpoint that cannot be parsed
     /// or uses `https://`; [`Error::Unavailable`] when the server cannot be reached within the
     /// connect timeout.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), fencepost_client::Error> {
+    /// let client = fencepost_client::Client::builder("unix:/run/fencepost.sock").connect().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect(self) -> Result<Client, Error> {
         let target = Target::parse(&self.endpoint)?;
         let channel = target.connect(self.connect_timeout).await?;
@@ -86,6 +180,11 @@ impl ClientBuilder {
         if let Some(name) = self.name {
             identity.name = name;
         }
-        Ok(Client::from_parts(channel, identity, self.request_timeout))
+        Ok(Client::from_parts(
+            channel,
+            identity,
+            self.request_timeout,
+            self.retry,
+        ))
     }
 }

@@ -4,6 +4,17 @@ use std::time::Duration;
 
 /// How to acquire a lease. `AcquireOptions::default()` asks for the server's default TTL and
 /// tries once without waiting.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use fencepost_client::AcquireOptions;
+///
+/// # async fn demo(client: fencepost_client::Client) -> Result<(), fencepost_client::Error> {
+/// let options = AcquireOptions::default().ttl(Duration::from_secs(10)).wait(Duration::from_secs(5));
+/// let grant = client.acquire("a.jsonl", options).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AcquireOptions {
     /// Requested TTL; `None` means the server default. A TTL above the server's maximum is
@@ -18,6 +29,11 @@ pub struct AcquireOptions {
 
 impl AcquireOptions {
     /// Sets the requested TTL.
+    ///
+    /// ```
+    /// let options = fencepost_client::AcquireOptions::default().ttl(std::time::Duration::from_secs(10));
+    /// assert_eq!(options.ttl, Some(std::time::Duration::from_secs(10)));
+    /// ```
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
@@ -25,6 +41,11 @@ impl AcquireOptions {
     }
 
     /// Sets how long to wait for a held resource.
+    ///
+    /// ```
+    /// let options = fencepost_client::AcquireOptions::default().wait(std::time::Duration::from_secs(3));
+    /// assert_eq!(options.wait.as_secs(), 3);
+    /// ```
     #[must_use]
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
@@ -32,6 +53,11 @@ impl AcquireOptions {
     }
 
     /// Sets the idempotency key.
+    ///
+    /// ```
+    /// let options = fencepost_client::AcquireOptions::default().idempotency_key("turn-7");
+    /// assert_eq!(options.idempotency_key.as_deref(), Some("turn-7"));
+    /// ```
     #[must_use]
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
@@ -40,6 +66,16 @@ impl AcquireOptions {
 }
 
 /// Where a read starts and how much it returns. The default reads everything from seq 1.
+///
+/// ```no_run
+/// use fencepost_client::ReadOptions;
+///
+/// # async fn demo(client: fencepost_client::Client) -> Result<(), fencepost_client::Error> {
+/// let since_epoch_4 = ReadOptions { from_epoch: Some(4), ..ReadOptions::default() };
+/// let entries = client.read_with("a.jsonl", since_epoch_4).await?.into_vec().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadOptions {
     /// First sequence number to return (0 or 1 = from the start).
@@ -52,6 +88,15 @@ pub struct ReadOptions {
 }
 
 /// What a watch follows.
+///
+/// ```no_run
+/// use fencepost_client::WatchTarget;
+///
+/// # async fn demo(client: fencepost_client::Client) -> Result<(), fencepost_client::Error> {
+/// let events = client.watch(WatchTarget::Prefix("agents/main/".to_owned())).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchTarget {
     /// Exactly this resource.

@@ -5,6 +5,11 @@ use proto::v1::{Owner, OwnerKind};
 
 /// A new owner identity for one client instance: a fresh UUID v4 `client_id`, the name
 /// `<hostname> pid <pid>` and the given kind.
+///
+/// ```
+/// let owner = fencepost_client::new_owner(fencepost_client::OwnerKind::Cron);
+/// assert_eq!(owner.kind(), fencepost_client::OwnerKind::Cron);
+/// ```
 #[must_use]
 pub fn new_owner(kind: OwnerKind) -> Owner {
     Owner {
@@ -15,12 +20,20 @@ pub fn new_owner(kind: OwnerKind) -> Owner {
 }
 
 /// `<hostname> pid <pid>`, the default owner name.
+///
+/// ```
+/// assert!(fencepost_client::default_name().contains(" pid "));
+/// ```
 #[must_use]
 pub fn default_name() -> String {
     format!("{} pid {}", hostname(), std::process::id())
 }
 
 /// This machine's host name: `/proc/sys/kernel/hostname`, else `$HOSTNAME`, else `localhost`.
+///
+/// ```
+/// assert!(!fencepost_client::hostname().is_empty());
+/// ```
 #[must_use]
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

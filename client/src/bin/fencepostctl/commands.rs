@@ -1,4 +1,4 @@
-//! The lease commands: acquire, append, release, renew.
+//! The lease commands: acquire, append, append-once, release, renew.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use fencepost_client::{AcquireOptions, OwnerKind};
 use tokio::io::AsyncReadExt;
 
 use crate::exit::Failure;
-use crate::output::{AcquireView, AppendView, ReleaseView, RenewView, emit};
+use crate::output::{AcquireView, AppendOnceView, AppendView, ReleaseView, RenewView, emit};
 use crate::{Connection, KindArg, parse_duration};
 
 #[derive(Debug, Args)]
@@ -59,19 +59,7 @@ pub struct AppendArgs {
 
 /// Reads one JSON object per line from stdin and appends them all as one atomic batch.
 pub async fn append(conn: &Connection, args: AppendArgs) -> Result<(), Failure> {
-    let mut input = Vec::new();
-    tokio::io::stdin()
-        .read_to_end(&mut input)
-        .await
-        .map_err(|err| Failure::other("STDIN", &format!("cannot read stdin: {err}")))?;
-    let entries = entries_from(&input);
-    if entries.is_empty() {
-        return Err(Failure::bad_input(
-            "INVALID_ENTRY",
-            "no entries on stdin: append reads one JSON object per line and sends them all as \
-             one batch",
-        ));
-    }
+    let entries = stdin_entries("append").await?;
     let count = entries.len();
     let client = conn.client(None, OwnerKind::Cli).await?;
     let reply = client
@@ -84,6 +72,65 @@ pub async fn append(conn: &Connection, args: AppendArgs) -> Result<(), Failure> 
         )
         .await?;
     emit(&AppendView::new(&args.resource, count, &reply))
+}
+
+#[derive(Debug, Args)]
+pub struct AppendOnceArgs {
+    /// The resource to append to.
+    resource: String,
+    /// How long to wait while the resource is held (0 = try once).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "0s")]
+    wait: Duration,
+    /// Append only if the resource's write epoch is exactly N (compare-and-append).
+    #[arg(long, value_name = "N")]
+    expect_epoch: Option<u64>,
+    /// Owner name recorded with the entries (default: fencepostctl@<host> pid <pid>).
+    #[arg(long, value_name = "NAME")]
+    owner: Option<String>,
+    /// Owner kind recorded with the entries.
+    #[arg(long, value_enum, default_value_t = KindArg::Cli)]
+    kind: KindArg,
+    /// Request id: retrying with the same --client-id and id appends nothing twice.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+}
+
+/// Waits for the lease, appends the JSON lines on stdin as one batch and releases, in one call.
+pub async fn append_once(conn: &Connection, args: AppendOnceArgs) -> Result<(), Failure> {
+    let entries = stdin_entries("append-once").await?;
+    let count = entries.len();
+    let client = conn.client(args.owner, args.kind.into()).await?;
+    let mut once = client
+        .append_once(args.resource.as_str(), entries)
+        .wait(args.wait);
+    if let Some(epoch) = args.expect_epoch {
+        once = once.expected_epoch(epoch);
+    }
+    if let Some(request_id) = args.request_id {
+        once = once.request_id(request_id);
+    }
+    let reply = once.await?;
+    emit(&AppendOnceView::new(&args.resource, count, &reply))
+}
+
+/// The batch on stdin; none at all is bad input.
+async fn stdin_entries(command: &str) -> Result<Vec<Vec<u8>>, Failure> {
+    let mut input = Vec::new();
+    tokio::io::stdin()
+        .read_to_end(&mut input)
+        .await
+        .map_err(|err| Failure::other("STDIN", &format!("cannot read stdin: {err}")))?;
+    let entries = entries_from(&input);
+    if entries.is_empty() {
+        return Err(Failure::bad_input(
+            "INVALID_ENTRY",
+            &format!(
+                "no entries on stdin: {command} reads one JSON object per line and sends them \
+                 all as one batch"
+            ),
+        ));
+    }
+    Ok(entries)
 }
 
 /// One entry per line, without its "\n" or "\r\n"; blank (all-whitespace) lines are skipped.

@@ -6,6 +6,7 @@ mod exit;
 mod inspect;
 mod keepalive;
 mod output;
+mod run;
 mod signals;
 
 use std::process::ExitCode;
@@ -24,7 +25,8 @@ use crate::exit::Failure;
              one object per line.",
     after_help = "Exit codes: 0 success, 1 other failure (e.g. server unreachable), 2 bad input \
                   or usage, 3 fencing rejection (stale token, lease lost, head mismatch, external \
-                  modification), 4 timed out waiting for a lease."
+                  modification), 4 timed out waiting for a lease. `run` exits with its command's \
+                  code (128 + signal if a signal killed it) unless one of these applies."
 )]
 struct Cli {
     /// Server endpoint: http://host:port or unix:/path/to.sock.
@@ -57,6 +59,9 @@ enum Command {
     Acquire(commands::AcquireArgs),
     /// Append the JSON lines on stdin as one atomic batch under a lease and its token.
     Append(commands::AppendArgs),
+    /// Wait for the lease, append the JSON lines on stdin as one batch, and release, in one call
+    /// (for co-tenant writers: heartbeat, cron, channel ingress).
+    AppendOnce(commands::AppendOnceArgs),
     /// Release a lease (--lease ID), or force-release whatever holds the resource (--force).
     Release(commands::ReleaseArgs),
     /// Renew a lease once and print the remaining TTL.
@@ -71,6 +76,11 @@ enum Command {
     List(inspect::ListArgs),
     /// Print lease and append events for a resource or prefix until interrupted.
     Watch(inspect::WatchArgs),
+    /// Hold a lease while CMD runs (kept alive; FENCEPOST_ENDPOINT, FENCEPOST_RESOURCE,
+    /// FENCEPOST_LEASE_ID and FENCEPOST_TOKEN in its environment), release it after, and exit
+    /// with CMD's code. If the lease is lost, CMD's process group gets SIGTERM at once, SIGKILL
+    /// after min(TTL/2, 5s), and run exits 3.
+    Run(run::RunArgs),
 }
 
 /// The owner kinds, as accepted by --kind.
@@ -134,6 +144,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Acquire(args) => commands::acquire(&conn, args).await,
         Command::Append(args) => commands::append(&conn, args).await,
+        Command::AppendOnce(args) => commands::append_once(&conn, args).await,
         Command::Release(args) => commands::release(&conn, args).await,
         Command::Renew(args) => commands::renew(&conn, args).await,
         Command::Keepalive(args) => keepalive::keepalive(&conn, args).await,
@@ -141,6 +152,7 @@ async fn main() -> ExitCode {
         Command::Describe(args) => inspect::describe(&conn, args).await,
         Command::List(args) => inspect::list(&conn, args).await,
         Command::Watch(args) => inspect::watch(&conn, args).await,
+        Command::Run(args) => return run::run(&conn, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -205,6 +217,40 @@ mod tests {
             assert!(Cli::try_parse_from(&args).is_ok(), "{command}");
         }
         assert!(Cli::try_parse_from(["fencepostctl", "release", "a", "--lease-id", "l"]).is_ok());
+    }
+
+    #[test]
+    fn run_needs_a_command_after_the_double_dash() {
+        assert!(Cli::try_parse_from(["fencepostctl", "run", "a.jsonl"]).is_err());
+        assert!(Cli::try_parse_from(["fencepostctl", "run", "a.jsonl", "sh"]).is_err());
+        let cli = Cli::try_parse_from([
+            "fencepostctl",
+            "run",
+            "a.jsonl",
+            "--ttl",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Run(_)));
+    }
+
+    #[test]
+    fn append_once_takes_a_wait_and_a_kind() {
+        let cli = Cli::try_parse_from([
+            "fencepostctl",
+            "append-once",
+            "a.jsonl",
+            "--wait",
+            "2s",
+            "--kind",
+            "heartbeat",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::AppendOnce(_)));
     }
 
     #[test]

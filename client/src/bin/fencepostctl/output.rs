@@ -3,8 +3,8 @@
 use std::io::Write;
 
 use fencepost_client::proto::v1::{
-    AcquireResponse, AppendResponse, DescribeResponse, Entry, Head, Lease, LeaseEnd, LeaseStatus,
-    Owner, OwnerKind, ReleaseOutcome, WatchEvent, WatchEventKind,
+    AcquireResponse, AppendOnceResponse, AppendResponse, DescribeResponse, Entry, Head, Lease,
+    LeaseEnd, LeaseStatus, Owner, OwnerKind, ReleaseOutcome, WatchEvent, WatchEventKind,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -160,6 +160,28 @@ impl<'a> AppendView<'a> {
             count,
             epoch: reply.head.as_ref().map_or(0, |head| head.epoch),
             head: head_view(reply.head.as_ref()),
+        }
+    }
+}
+
+/// `append-once`: where the batch landed and the token it was appended under.
+#[derive(Serialize)]
+pub struct AppendOnceView<'a> {
+    #[serde(flatten)]
+    append: AppendView<'a>,
+    token: u64,
+}
+
+impl<'a> AppendOnceView<'a> {
+    pub fn new(resource: &'a str, count: usize, reply: &AppendOnceResponse) -> Self {
+        let append = AppendResponse {
+            first_seq: reply.first_seq,
+            last_seq: reply.last_seq,
+            head: reply.head.clone(),
+        };
+        Self {
+            append: AppendView::new(resource, count, &append),
+            token: reply.token,
         }
     }
 }

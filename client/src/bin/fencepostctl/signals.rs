@@ -1,4 +1,5 @@
-//! SIGINT/SIGTERM as the normal way to end the long-running commands (keepalive, watch).
+//! SIGINT/SIGTERM as the normal way to end the long-running commands (keepalive, watch), and the
+//! signals `run` forwards to its command.
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -26,9 +27,15 @@ impl Interrupt {
 
     /// Resolves when SIGINT or SIGTERM arrives.
     pub async fn recv(&mut self) {
+        self.recv_which().await;
+    }
+
+    /// Resolves with the signal when SIGINT or SIGTERM arrives.
+    pub async fn recv_which(&mut self) -> nix::sys::signal::Signal {
+        use nix::sys::signal::Signal;
         tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => Signal::SIGINT,
+            _ = self.terminate.recv() => Signal::SIGTERM,
         }
     }
 }

@@ -1,139 +1,12 @@
-//! The SDK's error type: one typed variant per decision a caller makes, built from the gRPC status
-//! code and the `google.rpc.ErrorInfo` reason the server puts in the status details.
-
-use std::time::Duration;
+//! Turning a gRPC status into the typed [`Error`]: the server's `ErrorInfo` reason decides, the
+//! status code is the fallback, and a status tonic made locally from a broken connection counts as
+//! [`Error::Unavailable`].
 
 use fencepost as proto;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-/// An error from a fencepost call.
-///
-/// Callers branch on the variant: a fencing rejection ([`Error::StaleToken`], [`Error::LeaseLost`],
-/// [`Error::HeadMismatch`], [`Error::ExternalModification`]) means "stop writing, re-read", a
-/// [`Error::Timeout`] means the lease stayed busy, [`Error::Unavailable`] is worth a retry, and
-/// [`Error::InvalidInput`] will fail the same way again. The `message` is the server's text, meant
-/// for a person.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The request was refused as malformed (`INVALID_ARGUMENT`): a bad resource name, an entry that
-    /// is not a single-line JSON object, an oversize entry or batch, a bad field, or a bad endpoint.
-    #[error("{reason}: {message}")]
-    InvalidInput {
-        /// `INVALID_RESOURCE`, `INVALID_ENTRY`, `ENTRY_TOO_LARGE`, `BATCH_TOO_LARGE`,
-        /// `INVALID_ARGUMENT`, or `INVALID_ENDPOINT` (raised locally by [`crate::Client::connect`]).
-        reason: String,
-        /// What was wrong.
-        message: String,
-    },
-    /// The presented fencing token is not the resource's current token (`STALE_TOKEN`): someone
-    /// else was granted the resource since.
-    #[error("STALE_TOKEN: {message}")]
-    StaleToken {
-        /// What was presented and what is current.
-        message: String,
-    },
-    /// The lease is no longer live or does not cover this resource.
-    #[error("{reason}: {message}")]
-    LeaseLost {
-        /// `LEASE_EXPIRED`, `LEASE_RELEASED`, `LEASE_NOT_FOUND` or `WRONG_RESOURCE`.
-        reason: String,
-        /// What happened to the lease.
-        message: String,
-    },
-    /// A compare-and-append found a different write epoch than expected (`HEAD_MISMATCH`).
-    #[error("HEAD_MISMATCH: {message}")]
-    HeadMismatch {
-        /// The expected and the current epoch.
-        message: String,
-    },
-    /// The session file was changed behind the server's back (`EXTERNAL_MODIFICATION`); the server
-    /// refuses appends until an operator adopts the file.
-    #[error("EXTERNAL_MODIFICATION: {message}")]
-    ExternalModification {
-        /// What the server found.
-        message: String,
-    },
-    /// An acquire's wait ran out while the resource stayed held (`WAIT_TIMEOUT`).
-    #[error("WAIT_TIMEOUT: {message}")]
-    Timeout {
-        /// How long the caller waited.
-        message: String,
-    },
-    /// A call got no answer within the client's per-request timeout.
-    #[error("REQUEST_TIMEOUT: no answer within {}", humantime::format_duration(*after))]
-    RequestTimeout {
-        /// The per-request timeout that ran out.
-        after: Duration,
-    },
-    /// The server could not be reached, the connection broke, or the server is stopping.
-    #[error("UNAVAILABLE: {message}")]
-    Unavailable {
-        /// What failed.
-        message: String,
-    },
-    /// Anything else: storage failures, corrupt metadata, unexpected codes.
-    #[error("{}: {message}", reason.as_deref().unwrap_or_else(|| code_name(*code)))]
-    Other {
-        /// The gRPC status code.
-        code: Code,
-        /// The `ErrorInfo` reason, when the server sent one (e.g. `STORAGE_FAILED`).
-        reason: Option<String>,
-        /// The status message.
-        message: String,
-    },
-}
-
-impl Error {
-    /// The machine-readable reason: the server's `ErrorInfo` reason for server rejections
-    /// (`STALE_TOKEN`, `LEASE_EXPIRED`, ...), `REQUEST_TIMEOUT` for a client-side timeout, and
-    /// `None` when there is none (transport failures, statuses without details).
-    #[must_use]
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            Self::InvalidInput { reason, .. } | Self::LeaseLost { reason, .. } => Some(reason),
-            Self::StaleToken { .. } => Some("STALE_TOKEN"),
-            Self::HeadMismatch { .. } => Some("HEAD_MISMATCH"),
-            Self::ExternalModification { .. } => Some("EXTERNAL_MODIFICATION"),
-            Self::Timeout { .. } => Some("WAIT_TIMEOUT"),
-            Self::RequestTimeout { .. } => Some("REQUEST_TIMEOUT"),
-            Self::Unavailable { .. } => None,
-            Self::Other { reason, .. } => reason.as_deref(),
-        }
-    }
-
-    /// True for the fencing rejections: the caller's right to write is gone (stale token, lost
-    /// lease, wrong resource) or the file is not what the caller expected (head mismatch, external
-    /// modification). Retrying the same write cannot succeed.
-    #[must_use]
-    pub fn is_fencing(&self) -> bool {
-        matches!(
-            self,
-            Self::StaleToken { .. }
-                | Self::LeaseLost { .. }
-                | Self::HeadMismatch { .. }
-                | Self::ExternalModification { .. }
-        )
-    }
-
-    /// An `Unavailable` error from a transport failure, with its whole cause chain in the message.
-    pub(crate) fn transport(context: &str, err: &tonic::transport::Error) -> Self {
-        // Start below tonic's own "transport error", which says nothing the context does not.
-        let cause = std::error::Error::source(err).map_or_else(|| err.to_string(), source_chain);
-        Self::Unavailable {
-            message: format!("{context}: {cause}"),
-        }
-    }
-
-    /// A locally detected bad endpoint.
-    pub(crate) fn invalid_endpoint(message: String) -> Self {
-        Self::InvalidInput {
-            reason: "INVALID_ENDPOINT".to_owned(),
-            message,
-        }
-    }
-}
+use super::Error;
 
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
@@ -162,6 +35,13 @@ impl From<tonic::Status> for Error {
                 message,
             },
             (Code::Unavailable, _) => Self::Unavailable { message },
+            // tonic made this status itself from an I/O, HTTP/2 or hyper failure (a status the
+            // server sent has no source): the connection broke under the call.
+            (Code::Unknown | Code::Internal | Code::Cancelled, None)
+                if std::error::Error::source(&status).is_some() =>
+            {
+                Self::Unavailable { message }
+            }
             _ => Self::Other {
                 code,
                 reason,
@@ -191,7 +71,7 @@ fn status_message(status: &tonic::Status) -> String {
 }
 
 /// "outer: inner: innermost", skipping a cause whose text its parent already contains.
-fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut next = err.source();
     while let Some(cause) = next {
@@ -205,30 +85,6 @@ fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// The canonical upper-case name of a gRPC code, as used in logs and error lines.
-#[must_use]
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -236,6 +92,7 @@ mod tests {
     use tonic_types::ErrorDetails;
 
     use super::*;
+    use crate::Error;
 
     fn status(code: Code, reason: &str, message: &str) -> tonic::Status {
         tonic::Status::with_error_details(
@@ -244,7 +101,6 @@ mod tests {
             ErrorDetails::with_error_info(reason, proto::ERROR_DOMAIN, HashMap::new()),
         )
     }
-
     #[test]
     fn stale_token_status_becomes_stale_token() {
         let err = Error::from(status(
@@ -353,6 +209,23 @@ mod tests {
     }
 
     #[test]
+    fn a_status_tonic_made_from_a_broken_connection_is_unavailable() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
+        let status = tonic::Status::from_error(Box::new(reset));
+        assert_eq!(status.code(), Code::Unknown);
+        let err = Error::from(status);
+        assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+        assert!(err.is_transient());
+    }
+
+    #[test]
+    fn an_unknown_status_sent_by_the_server_is_not_transient() {
+        let err = Error::from(tonic::Status::unknown("boom"));
+        assert!(matches!(err, Error::Other { .. }));
+        assert!(!err.is_transient());
+    }
+
+    #[test]
     fn storage_failure_is_other_with_code_and_reason() {
         let err = Error::from(status(Code::Internal, "STORAGE_FAILED", "fsync failed"));
         assert_eq!(
@@ -389,17 +262,5 @@ mod tests {
                 ..
             }
         ));
-    }
-
-    #[test]
-    fn request_timeout_names_its_duration() {
-        let err = Error::RequestTimeout {
-            after: Duration::from_millis(1500),
-        };
-        assert_eq!(err.reason(), Some("REQUEST_TIMEOUT"));
-        assert_eq!(
-            err.to_string(),
-            "REQUEST_TIMEOUT: no answer within 1s 500ms"
-        );
     }
 }
