@@ -213,3 +213,30 @@ async fn the_periodic_scan_reports_a_change_on_watch_and_adoption_is_reported_to
         }
     }
 }
+
+#[tokio::test]
+async fn fencepostctl_adopt_prints_the_new_head_and_what_was_adopted() {
+    const R: &str = "tamper/cli.jsonl";
+    let server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":1}"#])
+        .await
+        .expect("append");
+    release(&mut c, &lease).await;
+    append_externally(&server, R, b"{\"ext\":1}\n{\"ext\":2}\n");
+    let out = common::ctl::ctl(server.endpoint(), ["adopt", R], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["epoch"], 2);
+    assert_eq!(v["head"]["next_seq"], 4);
+    assert!(
+        v["detail"].as_str().unwrap().contains("adopted 2 lines"),
+        "{v}"
+    );
+    assert_eq!(describe(&mut c, R).await.blocked, "");
+}

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use fencepost as proto;
 use proto::v1::fencepost_client::FencepostClient;
-use proto::v1::{DescribeRequest, DescribeResponse, Lease, ListRequest, Owner, OwnerKind};
+use proto::v1::{
+    AdoptRequest, AdoptResponse, DescribeRequest, DescribeResponse, Lease, ListRequest, Owner,
+    OwnerKind,
+};
 use tonic::transport::Channel;
 
 use crate::keepalive::KeepAlive;
@@ -235,6 +238,36 @@ impl Client {
             .call(Duration::ZERO, |mut rpc, _| {
                 let request = request.clone();
                 async move { rpc.describe(request).await }
+            })
+            .await?;
+        Ok(reply)
+    }
+
+    /// Operator action: accepts a session file that was changed behind the server's back as a new
+    /// head with a new write epoch. Entries that still match keep their metadata; the rest
+    /// becomes one batch owned by `operator`. The resource must be free.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Other`] with reason `RESOURCE_BUSY` while the resource is held or waited for;
+    /// [`Error::ExternalModification`] if the file ends in a partial line;
+    /// [`Error::InvalidInput`] for a bad resource name.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: fencepost_client::Client) -> Result<(), fencepost_client::Error> {
+    /// let adopted = client.adopt("agents/main/s1.jsonl").await?;
+    /// println!("{}", adopted.detail);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn adopt(&self, resource: impl Into<String>) -> Result<AdoptResponse, Error> {
+        let request = AdoptRequest {
+            resource: resource.into(),
+        };
+        let (reply, _sent) = self
+            .call(Duration::ZERO, |mut rpc, _| {
+                let request = request.clone();
+                async move { rpc.adopt(request).await }
             })
             .await?;
         Ok(reply)

@@ -73,7 +73,7 @@ pub use stream::ResponseStream;
 pub use tokio_util::sync::CancellationToken;
 pub use yield_::Suspended;
 
-/// The README section `USING_THE_SDK.md`, compiled as a doctest so its examples stay true.
+/// The project README, compiled as a doctest so its Rust examples ("Using the SDK") stay true.
 #[cfg(doctest)]
-#[doc = include_str!("../USING_THE_SDK.md")]
-struct UsingTheSdk;
+#[doc = include_str!("../../README.md")]
+struct Readme;

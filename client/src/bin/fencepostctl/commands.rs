@@ -7,7 +7,9 @@ use fencepost_client::{AcquireOptions, OwnerKind};
 use tokio::io::AsyncReadExt;
 
 use crate::exit::Failure;
-use crate::output::{AcquireView, AppendOnceView, AppendView, ReleaseView, RenewView, emit};
+use crate::output::{
+    AcquireView, AdoptView, AppendOnceView, AppendView, HeadView, ReleaseView, RenewView, emit,
+};
 use crate::{Connection, KindArg, parse_duration};
 
 #[derive(Debug, Args)]
@@ -180,6 +182,24 @@ pub async fn renew(conn: &Connection, args: RenewArgs) -> Result<(), Failure> {
     let reply = client.renew(args.resource, args.lease).await?;
     emit(&RenewView {
         ttl_remaining_ms: reply.ttl_remaining_ms,
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// The resource whose current file content to accept.
+    resource: String,
+}
+
+/// Operator action: accept an externally modified session file as a new head.
+pub async fn adopt(conn: &Connection, args: AdoptArgs) -> Result<(), Failure> {
+    let client = conn.client(None, OwnerKind::Cli).await?;
+    let reply = client.adopt(args.resource.clone()).await?;
+    emit(&AdoptView {
+        resource: args.resource,
+        epoch: reply.head.as_ref().map_or(0, |h| h.epoch),
+        head: reply.head.as_ref().map(HeadView::from),
+        detail: reply.detail,
     })
 }
 

@@ -66,6 +66,8 @@ enum Command {
     Release(commands::ReleaseArgs),
     /// Renew a lease once and print the remaining TTL.
     Renew(commands::RenewArgs),
+    /// Operator: accept a session file changed outside fencepost as a new head (new epoch).
+    Adopt(commands::AdoptArgs),
     /// Keep a lease alive until interrupted; exits 3 when the lease is lost.
     Keepalive(keepalive::KeepaliveArgs),
     /// Print the entries of a resource, one JSON line each.
@@ -147,6 +149,7 @@ async fn main() -> ExitCode {
         Command::AppendOnce(args) => commands::append_once(&conn, args).await,
         Command::Release(args) => commands::release(&conn, args).await,
         Command::Renew(args) => commands::renew(&conn, args).await,
+        Command::Adopt(args) => commands::adopt(&conn, args).await,
         Command::Keepalive(args) => keepalive::keepalive(&conn, args).await,
         Command::Read(args) => inspect::read(&conn, args).await,
         Command::Describe(args) => inspect::describe(&conn, args).await,

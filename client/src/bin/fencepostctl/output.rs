@@ -51,6 +51,15 @@ fn enum_label<E: TryFrom<i32>>(
     )
 }
 
+/// What `adopt` prints.
+#[derive(Serialize)]
+pub struct AdoptView {
+    pub resource: String,
+    pub epoch: u64,
+    pub head: Option<HeadView>,
+    pub detail: String,
+}
+
 #[derive(Serialize)]
 pub struct HeadView {
     epoch: u64,
