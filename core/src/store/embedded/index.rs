@@ -143,6 +143,24 @@ impl Index {
         Ok((records, pos))
     }
 
+    /// Like [`Index::parse_records`], but stops at the first unreadable or out-of-sequence line
+    /// instead of failing (for replay, where the WAL covers what follows).
+    pub fn parse_valid_prefix(bytes: &[u8]) -> (Vec<BatchRecord>, usize) {
+        let mut end = bytes.len();
+        loop {
+            match Self::parse_records(&bytes[..end]) {
+                Ok(parsed) => return parsed,
+                Err(_) => {
+                    // Cut at the line before the last complete one and try again.
+                    end = bytes[..end.saturating_sub(1)]
+                        .iter()
+                        .rposition(|b| *b == b'\n')
+                        .map_or(0, |i| i + 1);
+                }
+            }
+        }
+    }
+
     /// Builds the index from records and checks the session file `data` against it.
     pub fn build(records: Vec<BatchRecord>, data: &[u8]) -> (Self, Option<Mismatch>) {
         let mut index = Index::default();

@@ -88,7 +88,9 @@ fn apply(root: &Path, name: &str, records: &[&wal::Record<'_>]) -> Result<(), St
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e.to_string()),
     };
-    let (indexed, valid) = Index::parse_records(&index_bytes)?;
+    // After power loss the index may end in scrambled, never-synced lines; keep the valid prefix
+    // and let the WAL (checked below to continue right after it) supply the rest.
+    let (indexed, valid) = Index::parse_valid_prefix(&index_bytes);
     let mut index = OpenOptions::new()
         .create(true)
         .append(true)
