@@ -1,0 +1,144 @@
+//! Damaged files under the data dir (made while the server is down): bit flips, zero-filled
+//! tails, missing or extra metadata, planted FIFOs. Each gives a clear error on that resource
+//! only, never a panic, a hang or a silent adoption.
+
+mod common;
+
+use std::io::Write;
+
+use common::rpc::*;
+use common::*;
+use tonic::Code;
+
+/// A server with two written resources, stopped so the test can damage its files.
+async fn stopped_server_with(resources: &[&str]) -> Server {
+    let mut server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    for r in resources {
+        let lease = acquire(&mut c, r, 30_000).await;
+        append(&mut c, &lease, &[r#"{"n":1}"#, r#"{"n":2}"#])
+            .await
+            .expect("append");
+        append(&mut c, &lease, &[r#"{"n":3}"#])
+            .await
+            .expect("append");
+        release(&mut c, &lease).await;
+    }
+    server.stop();
+    server
+}
+
+fn index_path(server: &Server, resource: &str) -> std::path::PathBuf {
+    server
+        .data_dir()
+        .join(".fencepost/index")
+        .join(format!("{resource}.idx"))
+}
+
+async fn assert_healthy(c: &mut Client, resource: &str) {
+    let lease = acquire(c, resource, 30_000).await;
+    append(c, &lease, &[r#"{"still":"fine"}"#])
+        .await
+        .expect("the undamaged resource still works");
+    assert_eq!(describe(c, resource).await.blocked, "");
+}
+
+#[tokio::test]
+async fn a_bit_flip_in_an_index_is_a_clear_data_loss_error_on_that_resource_only() {
+    let mut server = stopped_server_with(&["bad/idx.jsonl", "good/idx.jsonl"]).await;
+    let path = index_path(&server, "bad/idx.jsonl");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[3] ^= 0x40; // inside the first of two lines: not a torn tail
+    std::fs::write(&path, &bytes).unwrap();
+    server.restart();
+    let mut c = server.grpc().await;
+    let err = try_describe(&mut c, "bad/idx.jsonl")
+        .await
+        .expect_err("corrupt index");
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert_eq!(error_reason(&err).as_deref(), Some("CORRUPT_METADATA"));
+    assert!(err.message().contains("unreadable"), "{}", err.message());
+    let refused = try_acquire(&mut c, "bad/idx.jsonl", owner("a"), 30_000, 0).await;
+    assert_rejected(refused, Code::DataLoss, "CORRUPT_METADATA");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the damaged index is left for the operator"
+    );
+    assert_healthy(&mut c, "good/idx.jsonl").await;
+}
+
+#[tokio::test]
+async fn damaged_session_files_are_reported_with_the_kind_of_change() {
+    let resources = [
+        "dmg/zeros.jsonl",
+        "dmg/flip.jsonl",
+        "dmg/noindex.jsonl",
+        "dmg/nodata.jsonl",
+    ];
+    let mut server = stopped_server_with(&resources).await;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(server.file(resources[0]))
+        .unwrap();
+    f.write_all(&[0u8; 512]).unwrap();
+    let mut bytes = std::fs::read(server.file(resources[1])).unwrap();
+    bytes[10] ^= 0x01;
+    std::fs::write(server.file(resources[1]), &bytes).unwrap();
+    std::fs::remove_file(index_path(&server, resources[2])).unwrap();
+    std::fs::remove_file(server.file(resources[3])).unwrap();
+    // Extra files the server does not own are ignored.
+    std::fs::write(
+        server.data_dir().join(".fencepost/index/stray.txt"),
+        b"junk",
+    )
+    .unwrap();
+    server.restart();
+    let mut c = server.grpc().await;
+    for (r, needle) in [
+        (resources[0], "appended: 512 foreign bytes at 24..536"),
+        (resources[1], "edited in place"),
+        (resources[2], "appended: 24 foreign bytes at 0..24"),
+        (resources[3], "deleted"),
+    ] {
+        let d = describe(&mut c, r).await;
+        assert!(
+            d.blocked.starts_with("EXTERNAL_MODIFICATION") && d.blocked.contains(needle),
+            "{r}: {}",
+            d.blocked
+        );
+        let lease = acquire(&mut c, r, 30_000).await;
+        let refused = append(&mut c, &lease, &[r#"{"n":4}"#]).await;
+        assert_rejected(refused, Code::FailedPrecondition, "EXTERNAL_MODIFICATION");
+        release(&mut c, &lease).await;
+    }
+    assert!(
+        !server.file(resources[3]).exists(),
+        "a deleted file is not recreated behind the operator's back"
+    );
+}
+
+#[tokio::test]
+async fn a_fifo_planted_at_a_resource_path_is_refused_without_blocking() {
+    let server = Server::start(ServerOpts::default());
+    let dir = server.data_dir().join("fifo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.join("s.jsonl"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut c = server.grpc().await;
+    let refused = try_acquire(&mut c, "fifo/s.jsonl", owner("a"), 30_000, 0).await;
+    let status = assert_rejected(refused, Code::InvalidArgument, "INVALID_RESOURCE");
+    assert!(
+        status.message().contains("not a regular file"),
+        "{}",
+        status.message()
+    );
+    let err = try_describe(&mut c, "fifo/s.jsonl")
+        .await
+        .expect_err("fifo");
+    assert_eq!(error_reason(&err).as_deref(), Some("INVALID_RESOURCE"));
+    assert_healthy(&mut c, "fifo-neighbour/s.jsonl").await;
+}
