@@ -1,0 +1,175 @@
+//! W1 (64 sessions) and W2 (1 hot session): 16 clients, each on its own connection, repeat the
+//! cycle acquire a random session (waiting as needed) -> append 3 lines in one batch -> release.
+//! The append carries the release (append-and-release), so a cycle is two round trips.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use super::{Ctx, MAX_OPS_PER_CLIENT, Tally, bounded, join_all, payload, w4_safety};
+use crate::history::{Batch, Recorder};
+use crate::report::{Line, round1};
+use crate::systems::Client;
+
+/// Lines per batch.
+const BATCH: usize = 3;
+
+/// Runs the cycle on `sessions` sessions with `clients` clients for `--duration`.
+///
+/// # Errors
+/// A client cannot connect.
+pub async fn run(
+    ctx: &Ctx,
+    workload: &'static str,
+    sessions: usize,
+    clients: usize,
+) -> Result<Line> {
+    let dir = workload.to_ascii_lowercase();
+    let names: Arc<Vec<String>> = Arc::new(
+        (0..sessions)
+            .map(|i| ctx.session(&dir, &format!("s{i:02}.jsonl")))
+            .collect(),
+    );
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(ctx.sys.connect(ctx.hold_ttl()).await?);
+    }
+    let recorder = Recorder::default();
+    let start = Instant::now();
+    let deadline = start + ctx.opts.duration;
+    let tasks = conns
+        .into_iter()
+        .enumerate()
+        .map(|(c, conn)| {
+            let (names, recorder) = (Arc::clone(&names), recorder.clone());
+            tokio::spawn(cycles(conn, workload, c, names, recorder, deadline))
+        })
+        .collect();
+    let mut total = Tally::default();
+    let mut per_client = Vec::with_capacity(clients);
+    for result in join_all(tasks).await {
+        match result {
+            Ok(tally) => {
+                per_client.push(tally.ops);
+                total.merge(tally);
+            }
+            Err(e) => {
+                per_client.push(0);
+                total.error(&e);
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    let mut line = ctx.line(
+        workload,
+        (clients, sessions),
+        total.ops,
+        elapsed,
+        &total.latency,
+    );
+    line.safety = w4_safety::safety(&*ctx.sys, &recorder.history()).await;
+    if sessions == 1 {
+        line = with_fairness(line, &per_client);
+    }
+    Ok(total.annotate(line))
+}
+
+/// `fairness` = max/min ops per client (null when a client completed none), with the extremes.
+fn with_fairness(line: Line, per_client: &[u64]) -> Line {
+    let (min, max) = (
+        per_client.iter().copied().min().unwrap_or(0),
+        per_client.iter().copied().max().unwrap_or(0),
+    );
+    let fairness = if min > 0 {
+        Value::from(round1(max as f64 / min as f64))
+    } else {
+        Value::Null
+    };
+    line.with("fairness", fairness)
+        .with("client_ops_min", min)
+        .with("client_ops_max", max)
+}
+
+/// One client's loop until the deadline; stops at its first failure.
+async fn cycles(
+    mut conn: Box<dyn Client>,
+    workload: &'static str,
+    client: usize,
+    names: Arc<Vec<String>>,
+    recorder: Recorder,
+    deadline: Instant,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut op = 0;
+    while Instant::now() < deadline && op < MAX_OPS_PER_CLIENT {
+        op += 1;
+        let session = &names[fastrand::usize(..names.len())];
+        let t0 = Instant::now();
+        let grant = match bounded("acquire", conn.acquire(session)).await {
+            Ok(grant) => grant,
+            Err(e) => {
+                tally.error(&e);
+                break;
+            }
+        };
+        let mut record = recorder.granted(session, grant.token);
+        let lines: Vec<Vec<u8>> = (0..BATCH)
+            .map(|i| payload(workload, client, op, i))
+            .collect();
+        let appended = bounded("append", conn.append(&grant, &lines, true)).await;
+        record.batches.push(Batch {
+            lines,
+            acked: appended.is_ok(),
+        });
+        recorder.finish(record);
+        match appended {
+            Ok(()) => {
+                tally.latency.record(t0.elapsed());
+                tally.ops += 1;
+            }
+            Err(e) => {
+                tally.error(&e);
+                // Best effort, so the others are not left waiting out the TTL.
+                let _ = bounded("release", conn.release(&grant)).await;
+                break;
+            }
+        }
+    }
+    tally
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::report::Latency;
+
+    fn line() -> Line {
+        Line::new(
+            "W2",
+            "x",
+            "tcp",
+            (3, 1),
+            0,
+            Duration::from_secs(1),
+            &Latency::default(),
+        )
+    }
+
+    #[test]
+    fn fairness_is_max_over_min_ops_per_client() {
+        let l = with_fairness(line(), &[10, 20, 15]);
+        assert_eq!(l.extra("fairness"), Some(&Value::from(2.0)));
+        assert_eq!(l.extra("client_ops_min"), Some(&Value::from(10)));
+        assert_eq!(l.extra("client_ops_max"), Some(&Value::from(20)));
+    }
+
+    #[test]
+    fn fairness_is_null_when_a_client_starved() {
+        let l = with_fairness(line(), &[10, 0, 15]);
+        assert_eq!(l.extra("fairness"), Some(&Value::Null));
+    }
+}
