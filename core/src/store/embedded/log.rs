@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
+use super::fds::FdBudget;
 use super::index::{BatchRecord, Index};
 use super::paths::{self, ResourcePaths};
 use super::wal::{self, Files, Job, Msg};
@@ -25,13 +26,21 @@ pub struct EmbeddedLog {
     root: PathBuf,
     paths: ResourcePaths,
     wal: Sender<Msg>,
+    budget: Arc<FdBudget>,
+    /// This log itself, for the descriptor budget (set by [`EmbeddedLog::into_shared`]).
+    me: Weak<EmbeddedLog>,
     // std Mutex: held only for in-memory updates, never across an await or I/O.
     state: Mutex<LogState>,
 }
 
 #[derive(Debug)]
 struct LogState {
+    /// Open descriptors, if any: closed under descriptor pressure, reopened on use.
     files: Option<Arc<Files>>,
+    /// (device, inode) of the session file once it exists; a reopen must find the same file.
+    identity: Option<(u64, u64)>,
+    /// Used since the descriptor budget last looked (CLOCK bit).
+    used: bool,
     index: Index,
     head: Head,
     blocked: Option<CoreError>,
@@ -55,11 +64,14 @@ impl EmbeddedLog {
         root: &Path,
         name: &ResourceName,
         wal: Sender<Msg>,
+        budget: Arc<FdBudget>,
     ) -> Result<Self, CoreError> {
         paths::check(root, name)?;
         let paths = ResourcePaths::new(root, name);
         let mut state = LogState {
             files: None,
+            identity: None,
+            used: true,
             index: Index::default(),
             head: Head::EMPTY,
             blocked: None,
@@ -101,12 +113,9 @@ impl EmbeddedLog {
                 if let Some(m) = mismatch {
                     state.blocked = Some(modified(m.describe()));
                 }
-                state.files = Some(Arc::new(open_files(
-                    name,
-                    &paths,
-                    file,
-                    index_valid as u64,
-                )?));
+                let files = open_files(name, &paths, file, index_valid as u64)?;
+                state.identity = Some(files.identity);
+                state.files = Some(Arc::new(files));
             }
         }
         Ok(Self {
@@ -114,8 +123,71 @@ impl EmbeddedLog {
             root: root.to_path_buf(),
             paths,
             wal,
+            budget,
+            me: Weak::new(),
             state: Mutex::new(state),
         })
+    }
+
+    /// Shares the log and enrols its descriptors in the budget.
+    pub(super) fn into_shared(self) -> Arc<Self> {
+        let log = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            ..self
+        });
+        if log.lock().files.is_some() {
+            log.budget.opened(log.me.clone());
+        }
+        log
+    }
+
+    /// Closes the descriptors if the log is idle and was not used since the last pass; clears
+    /// the CLOCK bit otherwise. True if it holds no descriptors now.
+    pub(super) fn try_close_files(&self) -> bool {
+        let mut st = self.lock();
+        if st.files.is_none() {
+            return true;
+        }
+        if st.used || st.in_flight {
+            st.used = false;
+            return false;
+        }
+        st.files = None;
+        true
+    }
+
+    /// The open files, reopening them if the budget closed them (`None`: the file does not exist
+    /// yet). A reopen that finds a different file reports it as replaced.
+    fn files(&self) -> Result<Option<Arc<Files>>, CoreError> {
+        let identity = {
+            let mut st = self.lock();
+            st.used = true;
+            if let Some(files) = &st.files {
+                return Ok(Some(files.clone()));
+            }
+            match st.identity {
+                Some(identity) => identity,
+                None => return Ok(None),
+            }
+        };
+        let modified = |detail: &str| CoreError::ExternalModification {
+            resource: self.name.as_str().to_owned(),
+            detail: detail.to_owned(),
+        };
+        let data = paths::open_regular(&self.name, &self.paths.data, false, false)?
+            .ok_or_else(|| modified("deleted: the session file is gone"))?;
+        let files = open_files(&self.name, &self.paths, data, u64::MAX)?;
+        if files.identity != identity {
+            return Err(modified(
+                "replaced: the session file is a different file now",
+            ));
+        }
+        let files = {
+            let mut st = self.lock();
+            st.files.get_or_insert_with(|| Arc::new(files)).clone()
+        };
+        self.budget.opened(self.me.clone());
+        Ok(Some(files))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
@@ -125,27 +197,20 @@ impl EmbeddedLog {
     }
 }
 
-/// Creates the session file, an empty index and their directories (blocking I/O). Returns the
-/// directories whose entries changed, to be fsync'd at the next checkpoint.
+/// Creates the session file, an empty index and their directories (blocking I/O). The new
+/// directory entries become durable at the next checkpoint (the WAL recreates them until then).
 fn create_files(
     root: &Path,
     name: &ResourceName,
     paths: &ResourcePaths,
-) -> Result<(Arc<Files>, Vec<PathBuf>), CoreError> {
-    let mut dirs = paths::create_parents(root, name)?;
+) -> Result<Arc<Files>, CoreError> {
+    paths::create_parents(root, name)?;
     let data = paths::open_regular(name, &paths.data, true, false)?
         .expect("create(true) always yields a file");
     fail::fail_point!("created-data", |_| std::process::abort());
-    dirs.push(parent(&paths.data));
     let index_dir = parent(&paths.index);
-    let mut missing = index_dir.clone();
-    while !missing.exists() {
-        dirs.push(parent(&missing));
-        missing = parent(&missing);
-    }
     std::fs::create_dir_all(&index_dir).map_err(|e| paths::io_error(name, &index_dir, &e))?;
-    dirs.push(index_dir);
-    Ok((Arc::new(open_files(name, paths, data, 0)?), dirs))
+    Ok(Arc::new(open_files(name, paths, data, 0)?))
 }
 
 fn parent(p: &Path) -> PathBuf {
@@ -194,7 +259,7 @@ impl ResourceLog for EmbeddedLog {
     }
 
     fn exists(&self) -> bool {
-        self.lock().files.is_some()
+        self.lock().identity.is_some()
     }
 
     fn last_token(&self) -> u64 {
@@ -202,18 +267,18 @@ impl ResourceLog for EmbeddedLog {
     }
 
     fn blocked(&self) -> Option<CoreError> {
-        let (files, len) = {
+        let (identity, len) = {
             let st = self.lock();
             if let Some(err) = &st.blocked {
                 return Some(err.clone());
             }
-            match (&st.files, st.in_flight) {
-                (Some(files), false) => (files.clone(), st.head.length),
+            match (st.identity, st.in_flight) {
+                (Some(identity), false) => (identity, st.head.length),
                 _ => return None,
             }
         };
         // Stat outside the lock; the answer counts only if no append moved the head meanwhile.
-        let detail = wal::changed_on_disk(&files, len)?;
+        let detail = wal::changed_on_disk(&self.paths.data, identity, len)?;
         let st = self.lock();
         (!st.in_flight && st.head.length == len).then(|| CoreError::ExternalModification {
             resource: self.name.as_str().to_owned(),
@@ -222,7 +287,7 @@ impl ResourceLog for EmbeddedLog {
     }
 
     async fn append(&self, batch: NewBatch) -> Result<Head, CoreError> {
-        let (record, hashes, data, files) = {
+        let (record, hashes, data) = {
             let mut st = self.lock();
             if let Some(err) = &st.blocked {
                 return Err(err.clone());
@@ -252,23 +317,27 @@ impl ResourceLog for EmbeddedLog {
                 time: batch.time_unix_micros,
                 hash: hex::encode(hash),
             };
-            (record, hashes, data, st.files.clone())
+            (record, hashes, data)
         };
         let _in_flight = InFlight(self);
-        let (files, new_dirs) = match files {
-            Some(f) => (f, Vec::new()),
+        let files = match self.files()? {
+            Some(f) => f,
             None => {
                 let (root, name, paths) =
                     (self.root.clone(), self.name.clone(), self.paths.clone());
-                let (f, dirs) =
-                    tokio::task::spawn_blocking(move || create_files(&root, &name, &paths))
-                        .await
-                        .map_err(|e| CoreError::StorageFailed {
-                            resource: self.name.as_str().to_owned(),
-                            detail: e.to_string(),
-                        })??;
-                self.lock().files = Some(f.clone());
-                (f, dirs)
+                let f = tokio::task::spawn_blocking(move || create_files(&root, &name, &paths))
+                    .await
+                    .map_err(|e| CoreError::StorageFailed {
+                        resource: self.name.as_str().to_owned(),
+                        detail: e.to_string(),
+                    })??;
+                {
+                    let mut st = self.lock();
+                    st.identity = Some(f.identity);
+                    st.files = Some(f.clone());
+                }
+                self.budget.opened(self.me.clone());
+                f
             }
         };
         let index_line = record.to_line();
@@ -280,7 +349,6 @@ impl ResourceLog for EmbeddedLog {
             frame: wal::frame(&self.name, &index_line, &data),
             data,
             index_line,
-            new_dirs,
             reply,
         };
         self.wal
@@ -305,12 +373,12 @@ impl ResourceLog for EmbeddedLog {
     }
 
     async fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEntry>, CoreError> {
-        let (metas, batches, files) = {
+        let Some(files) = self.files()? else {
+            return Ok(Vec::new());
+        };
+        let (metas, batches) = {
             let st = self.lock();
             let start = usize::try_from(from_seq.max(1) - 1).unwrap_or(usize::MAX);
-            let Some(files) = st.files.clone() else {
-                return Ok(Vec::new());
-            };
             let mut end = st.index.entries.len().min(start.saturating_add(limit));
             // Bound the bytes held per read (entries may be up to the batch limit each).
             let mut bytes = 0u64;
@@ -327,11 +395,7 @@ impl ResourceLog for EmbeddedLog {
             let metas = st.index.entries[start..end].to_vec();
             let first_batch = metas[0].batch as usize;
             let last_batch = metas[metas.len() - 1].batch as usize;
-            (
-                metas,
-                st.index.batches[first_batch..=last_batch].to_vec(),
-                files,
-            )
+            (metas, st.index.batches[first_batch..=last_batch].to_vec())
         };
         let first_seq = from_seq.max(1);
         let name = self.name.clone();
@@ -381,15 +445,16 @@ impl ResourceLog for EmbeddedLog {
         rx.await
             .map_err(|_| CoreError::ShuttingDown)?
             .map_err(|e| paths::io_error(&self.name, &self.paths.index, &e))?;
-        let (root, name, paths, wal) = (
+        let (root, name, paths, wal, budget) = (
             self.root.clone(),
             self.name.clone(),
             self.paths.clone(),
             self.wal.clone(),
+            self.budget.clone(),
         );
         let (detail, fresh) = tokio::task::spawn_blocking(move || {
             let detail = super::adopt::adopt(&root, &name, &paths)?;
-            Ok::<_, CoreError>((detail, EmbeddedLog::load(&root, &name, wal)?))
+            Ok::<_, CoreError>((detail, EmbeddedLog::load(&root, &name, wal, budget)?))
         })
         .await
         .map_err(|e| CoreError::StorageFailed {
@@ -400,7 +465,11 @@ impl ResourceLog for EmbeddedLog {
             .state
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reopened = fresh.files.is_some();
         *self.lock() = fresh;
+        if reopened {
+            self.budget.opened(self.me.clone());
+        }
         Ok(detail)
     }
 

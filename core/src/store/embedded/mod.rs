@@ -5,6 +5,7 @@
 //! data-dir lock, the token ceiling, the WAL and one index per resource under `index/`.
 
 mod adopt;
+mod fds;
 mod index;
 mod log;
 mod paths;
@@ -41,6 +42,8 @@ pub struct EmbeddedStore {
     logs: Mutex<LogCache>,
     /// Loads are single-flight, so two instances of one resource's log never coexist.
     loading: tokio::sync::Mutex<()>,
+    /// Caps how many logs keep descriptors open.
+    fds: Arc<fds::FdBudget>,
     replayed: ReplayReport,
 }
 
@@ -84,6 +87,7 @@ impl EmbeddedStore {
             wal,
             logs: Mutex::new(LogCache::default()),
             loading: tokio::sync::Mutex::new(()),
+            fds: Arc::new(fds::FdBudget::from_rlimit()),
             replayed,
         })
     }
@@ -185,13 +189,14 @@ impl Store for EmbeddedStore {
             return Ok(log);
         }
         let (root, n, wal) = (self.root.clone(), name.clone(), self.wal.clone());
-        let loaded = tokio::task::spawn_blocking(move || EmbeddedLog::load(&root, &n, wal))
+        let budget = self.fds.clone();
+        let loaded = tokio::task::spawn_blocking(move || EmbeddedLog::load(&root, &n, wal, budget))
             .await
             .map_err(|e| CoreError::StorageFailed {
                 resource: name.as_str().to_owned(),
                 detail: e.to_string(),
             })??;
-        let log = Arc::new(loaded);
+        let log = loaded.into_shared();
         self.cache().insert(name.clone(), log.clone());
         Ok(log)
     }

@@ -12,11 +12,11 @@
 //! `created-data` in [`super::log`]. The `*-written`/`*-synced` ones abort the process; the
 //! others inject EIO (or ENOSPC with `return(enospc)`).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 
@@ -62,8 +62,6 @@ pub struct Job {
     pub data: Vec<u8>,
     /// The index line.
     pub index_line: Vec<u8>,
-    /// Directories whose entries changed to create these files, fsync'd at the next checkpoint.
-    pub new_dirs: Vec<PathBuf>,
     /// Where the outcome goes.
     pub reply: oneshot::Sender<Result<(), CoreError>>,
 }
@@ -149,10 +147,8 @@ struct Writer {
     wal: File,
     wal_dir: PathBuf,
     size: u64,
-    // Keyed by path: fsync flushes the file whichever descriptor asks, so the newest one suffices
-    // and older ones are closed.
-    dirty: HashMap<PathBuf, Arc<Files>>,
-    dirty_dirs: Vec<PathBuf>,
+    // Session files written since the last checkpoint (paths only: no descriptor is pinned).
+    dirty: HashSet<PathBuf>,
     broken: Option<String>,
 }
 
@@ -162,8 +158,7 @@ impl Writer {
             wal,
             wal_dir,
             size: 0,
-            dirty: HashMap::new(),
-            dirty_dirs: Vec::new(),
+            dirty: HashSet::new(),
             broken: None,
         }
     }
@@ -264,9 +259,7 @@ impl Writer {
             })();
             let reply = match result {
                 Ok(()) => {
-                    self.dirty
-                        .insert(job.files.data_path.clone(), job.files.clone());
-                    self.dirty_dirs.extend(job.new_dirs);
+                    self.dirty.insert(job.files.data_path.clone());
                     Ok(())
                 }
                 Err(e) => {
@@ -288,20 +281,13 @@ impl Writer {
                 "the store is stopped after a write failure",
             ));
         }
-        for files in self.dirty.values() {
-            fail::fail_point!("checkpoint-sync", |arg| Err(injected(arg)));
-            files.data.sync_data()?;
-            files.index.sync_data()?;
-            #[cfg(feature = "failpoints")]
-            synced::record_files(&self.wal_dir, files);
-        }
-        self.dirty_dirs.sort();
-        self.dirty_dirs.dedup();
-        for dir in &self.dirty_dirs {
-            sync_dir(dir)?;
-        }
+        // One syncfs makes every session file, index and directory written since the last
+        // checkpoint durable at once (they live on the WAL's filesystem), instead of one fsync each.
+        fail::fail_point!("checkpoint-sync", |arg| Err(injected(arg)));
+        nix::unistd::syncfs(&self.wal).map_err(io::Error::from)?;
+        #[cfg(feature = "failpoints")]
+        synced::record_paths(&self.wal_dir, &self.dirty);
         self.dirty.clear();
-        self.dirty_dirs.clear();
         fail::fail_point!("checkpoint-synced", |_| std::process::abort());
         self.wal.set_len(0)?;
         self.wal.sync_all()?;
@@ -315,7 +301,7 @@ impl Writer {
 
 /// Refuses a batch whose session file is not the one, or not as long as, the server left it.
 fn tamper_check(job: &Job) -> Result<(), CoreError> {
-    match changed_on_disk(&job.files, job.expected_len) {
+    match changed_on_disk(&job.files.data_path, job.files.identity, job.expected_len) {
         None => Ok(()),
         Some(detail) => Err(CoreError::ExternalModification {
             resource: job.name.as_str().to_owned(),
@@ -325,18 +311,14 @@ fn tamper_check(job: &Job) -> Result<(), CoreError> {
 }
 
 /// How the session file differs from what the server left (`None` if it does not): replaced,
-/// deleted, or a different length. Two syscalls; in-place edits are found by the full check on open.
-pub fn changed_on_disk(files: &Files, expected_len: u64) -> Option<String> {
-    match std::fs::symlink_metadata(&files.data_path) {
-        Ok(m) if (m.dev(), m.ino()) == files.identity => {}
+/// deleted, or a different length. One `lstat`; in-place edits are found by the full check on open.
+pub fn changed_on_disk(path: &Path, identity: (u64, u64), expected_len: u64) -> Option<String> {
+    let len = match std::fs::symlink_metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == identity => m.len(),
         Ok(_) => return Some("replaced: the session file is a different file now".into()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Some("deleted: the session file is gone".into());
         }
-        Err(e) => return Some(format!("unreadable: {e}")),
-    }
-    let len = match files.data.metadata() {
-        Ok(m) => m.len(),
         Err(e) => return Some(format!("unreadable: {e}")),
     };
     match len.cmp(&expected_len) {
@@ -399,8 +381,6 @@ mod synced {
     use std::io::Write;
     use std::path::{Path, PathBuf};
 
-    use super::Files;
-
     pub fn record(meta: &Path, entries: &[(PathBuf, u64)]) {
         let mut out = String::new();
         for (path, len) in entries {
@@ -415,17 +395,16 @@ mod synced {
         }
     }
 
-    pub fn record_files(meta: &Path, files: &Files) {
-        let index = files
-            .data_path
-            .strip_prefix(meta.parent().unwrap_or(meta))
-            .map(|rel| meta.join("index").join(format!("{}.idx", rel.display())));
-        let mut entries = vec![(
-            files.data_path.clone(),
-            files.data.metadata().map_or(0, |m| m.len()),
-        )];
-        if let Ok(index) = index {
-            entries.push((index, files.index.metadata().map_or(0, |m| m.len())));
+    pub fn record_paths(meta: &Path, data_paths: &std::collections::HashSet<PathBuf>) {
+        let root = meta.parent().unwrap_or(meta);
+        let mut entries = Vec::new();
+        for data in data_paths {
+            let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+            entries.push((data.clone(), len(data)));
+            if let Ok(rel) = data.strip_prefix(root) {
+                let index = meta.join("index").join(format!("{}.idx", rel.display()));
+                entries.push((index.clone(), len(&index)));
+            }
         }
         record(meta, &entries);
     }
