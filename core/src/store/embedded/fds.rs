@@ -43,14 +43,11 @@ impl FdBudget {
                 break;
             };
             scanned += 1;
-            match candidate.upgrade() {
-                // Dropped: its descriptors are closed already.
-                None => {}
-                Some(log) => {
-                    if !log.try_close_files() {
-                        open.push_back(candidate);
-                    }
-                }
+            // A dropped log has closed its descriptors already.
+            if let Some(log) = candidate.upgrade()
+                && !log.try_close_files()
+            {
+                open.push_back(candidate);
             }
         }
     }
