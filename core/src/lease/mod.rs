@@ -211,11 +211,31 @@ impl Core {
     /// The status of a lease, renewing it if live (for keepalive streams).
     #[must_use]
     pub fn keepalive(&self, lease_id: &str) -> LeaseStatus {
-        match self.renew(None, lease_id) {
-            Ok(ttl) => LeaseStatus::Alive(ttl),
-            Err(CoreError::LeaseEnded { reason, .. }) => LeaseStatus::Ended(reason),
-            Err(_) => LeaseStatus::Unknown,
-        }
+        self.keepalive_many(&[lease_id])[0]
+    }
+
+    /// [`Core::keepalive`] for many leases under one lock (one keepalive message carries them all).
+    #[must_use]
+    pub fn keepalive_many<S: AsRef<str>>(&self, lease_ids: &[S]) -> Vec<LeaseStatus> {
+        let now = Instant::now();
+        let mut fx = Effects::default();
+        let statuses = {
+            let mut st = self.inner.lock();
+            lease_ids
+                .iter()
+                .map(|id| match st.live_lease(id.as_ref(), now, &mut fx) {
+                    Ok((id, rec)) => {
+                        let ttl = rec.ttl;
+                        st.set_deadline(&id, now + ttl);
+                        LeaseStatus::Alive(ttl)
+                    }
+                    Err(CoreError::LeaseEnded { reason, .. }) => LeaseStatus::Ended(reason),
+                    Err(_) => LeaseStatus::Unknown,
+                })
+                .collect()
+        };
+        self.inner.apply(fx);
+        statuses
     }
 
     /// The status of a lease, without renewing it.

@@ -78,10 +78,11 @@ fn renew_all(
     ids: Vec<String>,
     tracked: &mut HashSet<String>,
 ) -> v1::KeepAliveResponse {
+    let statuses = core.keepalive_many(&ids);
     let leases = ids
         .into_iter()
-        .map(|id| {
-            let s = core.keepalive(&id);
+        .zip(statuses)
+        .map(|(id, s)| {
             if matches!(s, LeaseStatus::Alive(_)) {
                 tracked.insert(id.clone());
             } else {
