@@ -96,7 +96,12 @@ async fn paused_keepalives_bring_jeopardy_then_a_loss_no_later_than_the_server_e
     );
 
     assert_eq!(health, LeaseHealth::Jeopardy);
-    assert_eq!(reason, LossReason::ConnectionLost);
+    // Normally the client's own deadline fires first (ConnectionLost); on a starved machine the
+    // server's push can arrive first (Expired). The bound below is what matters.
+    assert!(
+        matches!(reason, LossReason::ConnectionLost | LossReason::Expired),
+        "{reason:?}"
+    );
     assert!(jeopardy_after <= lost_after);
     // The client's deadline counts from when renewals were sent, so it gives up first; the
     // slack only covers the watch event's own delivery.
@@ -234,6 +239,11 @@ async fn a_lease_granted_after_a_queue_wait_longer_than_its_ttl_starts_healthy()
     lease.append([r#"{"after":"wait"}"#]).await.unwrap();
     assert_eq!(lease.health(), LeaseHealth::Healthy);
     let held_lost = timeout(WAIT, held.lost()).await.expect("holder's loss");
-    assert_eq!(held_lost, LossReason::ConnectionLost);
+    // The client's own deadline normally fires first; under load the server's expiry push can
+    // win the race. Either way the holder knows.
+    assert!(
+        matches!(held_lost, LossReason::ConnectionLost | LossReason::Expired),
+        "{held_lost:?}"
+    );
     lease.release().await.unwrap();
 }
