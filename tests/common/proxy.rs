@@ -73,8 +73,10 @@ impl Proxy {
 
     /// Closes every open connection and forwards normally again.
     pub fn cut(&self) {
-        self.shared.drop_replies.store(false, Ordering::SeqCst);
+        // Cut first: a connection from before the cut never forwards another byte, even if the
+        // reply it was dropping arrives between these two lines.
         self.shared.cuts.send_modify(|cuts| *cuts += 1);
+        self.shared.drop_replies.store(false, Ordering::SeqCst);
     }
 
     /// Connections accepted so far.
@@ -101,6 +103,7 @@ fn host_port(endpoint: &str) -> String {
 /// Forwards one connection both ways until either side closes or the proxy cuts it.
 async fn pipe(client: TcpStream, shared: Arc<Shared>) {
     let mut cuts = shared.cuts.subscribe();
+    let born = *cuts.borrow();
     let upstream = shared.upstream.lock().expect("upstream lock").clone();
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
@@ -126,7 +129,7 @@ async fn pipe(client: TcpStream, shared: Arc<Shared>) {
             match server_read.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    if shared.drop_replies.load(Ordering::SeqCst) {
+                    if shared.drop_replies.load(Ordering::SeqCst) || *shared.cuts.borrow() != born {
                         continue;
                     }
                     if client_write.write_all(&buf[..n]).await.is_err() {
