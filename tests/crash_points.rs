@@ -243,3 +243,22 @@ async fn injected_write_and_fsync_errors_are_never_acknowledged() {
         assert_eq!(describe(&mut c, &r).await.blocked, "", "{spec}");
     }
 }
+
+#[tokio::test]
+async fn canary_with_recovery_switched_off_the_crash_check_fails() {
+    const R: &str = "points/canary.jsonl";
+    let mut server = Server::start(ServerOpts::default().failpoints("data-written=3*off->return"));
+    let (acked, _) = write_until_crash(&server, 50, |_| R.to_owned()).await;
+    assert!(!server.wait_exit().success(), "the crash point fired");
+    assert!(acked.len() >= 2);
+    server.arm_failpoints("skip-replay=return");
+    server.restart();
+    let mut c = server.grpc().await;
+    // The batch written to the session file but not its index is foreign to a server that did
+    // not recover: the "no false tamper alarm" check of the real test fails here.
+    let blocked = describe(&mut c, R).await.blocked;
+    assert!(
+        blocked.contains("EXTERNAL_MODIFICATION"),
+        "the canary must trip the check: {blocked:?}"
+    );
+}

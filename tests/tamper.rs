@@ -240,3 +240,26 @@ async fn fencepostctl_adopt_prints_the_new_head_and_what_was_adopted() {
     );
     assert_eq!(describe(&mut c, R).await.blocked, "");
 }
+
+#[tokio::test]
+async fn canary_with_tamper_checks_switched_off_foreign_bytes_are_overwritten() {
+    const R: &str = "tamper/canary.jsonl";
+    let server = Server::start(ServerOpts::default().failpoints("tamper-check-off=return"));
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":1}"#])
+        .await
+        .expect("append");
+    append_externally(&server, R, b"{\"echo\":true}\n");
+    let tampered = server.file_bytes(R);
+    // Without the guard the append goes through and writes over the foreign line: exactly what
+    // the real test's checks (refusal, file unchanged) catch.
+    append(&mut c, &lease, &[r#"{"n":2}"#])
+        .await
+        .expect("accepted with the check off");
+    assert_ne!(
+        server.file_bytes(R),
+        tampered,
+        "the canary must trip the check"
+    );
+}

@@ -195,6 +195,11 @@ impl Server {
         self.child.as_ref().expect("server is running").id()
     }
 
+    /// Arms failpoints for the next (re)start only.
+    pub fn arm_failpoints(&mut self, spec: &str) {
+        self.opts.failpoints = Some(spec.to_owned());
+    }
+
     /// Waits for the server to exit on its own (e.g. an armed crash point), then reaps it.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let child = self.child.take().expect("server is running");

@@ -10,7 +10,8 @@
 //! sit at each durability boundary: `wal-write`, `wal-written`, `wal-sync`, `wal-synced`,
 //! `data-write`, `data-written`, `index-written`, `checkpoint-sync`, `checkpoint-synced`, and
 //! `created-data` in [`super::log`]. The `*-written`/`*-synced` ones abort the process; the
-//! others inject EIO (or ENOSPC with `return(enospc)`).
+//! others inject EIO (or ENOSPC with `return(enospc)`). Two switch a guard off for canary runs:
+//! `skip-replay` (no recovery at start) and `tamper-check-off` (no external-change checks).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -313,6 +314,7 @@ fn tamper_check(job: &Job) -> Result<(), CoreError> {
 /// How the session file differs from what the server left (`None` if it does not): replaced,
 /// deleted, or a different length. One `lstat`; in-place edits are found by the full check on open.
 pub fn changed_on_disk(path: &Path, identity: (u64, u64), expected_len: u64) -> Option<String> {
+    fail::fail_point!("tamper-check-off", |_| None);
     let len = match std::fs::symlink_metadata(path) {
         Ok(m) if (m.dev(), m.ino()) == identity => m.len(),
         Ok(_) => return Some("replaced: the session file is a different file now".into()),
