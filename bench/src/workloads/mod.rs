@@ -172,6 +172,25 @@ pub async fn join_all<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>)
     out
 }
 
+/// Appends `lines` under `grant` and releases in the same call, recording the grant and the batch
+/// (acknowledged or of unknown outcome) for the W4 check.
+pub async fn append_and_release_recorded(
+    conn: &mut dyn crate::systems::Client,
+    recorder: &crate::history::Recorder,
+    session: &str,
+    grant: &crate::systems::Grant,
+    lines: Vec<Vec<u8>>,
+) -> Result<()> {
+    let mut record = recorder.granted(session, grant.token);
+    let appended = bounded("append", conn.append(grant, &lines, true)).await;
+    record.batches.push(crate::history::Batch {
+        lines,
+        acked: appended.is_ok(),
+    });
+    recorder.finish(record);
+    appended
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

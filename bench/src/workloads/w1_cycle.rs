@@ -8,8 +8,11 @@ use std::time::Instant;
 use anyhow::Result;
 use serde_json::Value;
 
-use super::{Ctx, MAX_OPS_PER_CLIENT, Tally, bounded, join_all, payload, w4_safety};
-use crate::history::{Batch, Recorder};
+use super::{
+    Ctx, MAX_OPS_PER_CLIENT, Tally, append_and_release_recorded, bounded, join_all, payload,
+    w4_safety,
+};
+use crate::history::Recorder;
 use crate::report::{Line, round1};
 use crate::systems::Client;
 
@@ -114,16 +117,11 @@ async fn cycles(
                 break;
             }
         };
-        let mut record = recorder.granted(session, grant.token);
         let lines: Vec<Vec<u8>> = (0..BATCH)
             .map(|i| payload(workload, client, op, i))
             .collect();
-        let appended = bounded("append", conn.append(&grant, &lines, true)).await;
-        record.batches.push(Batch {
-            lines,
-            acked: appended.is_ok(),
-        });
-        recorder.finish(record);
+        let appended =
+            append_and_release_recorded(conn.as_mut(), &recorder, session, &grant, lines).await;
         match appended {
             Ok(()) => {
                 tally.latency.record(t0.elapsed());

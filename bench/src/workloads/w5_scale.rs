@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::{mpsc, watch};
 
-use super::{Ctx, Tally, bounded, join_all, payload, w4_safety};
-use crate::history::{Batch, Recorder};
+use super::{Ctx, Tally, append_and_release_recorded, bounded, join_all, payload, w4_safety};
+use crate::history::Recorder;
 use crate::report::{Latency, Line};
 use crate::systems::{Client, Grant, rss_mib};
 
@@ -101,14 +101,9 @@ async fn touch(
                 break;
             }
         };
-        let mut record = recorder.granted(session, grant.token);
         let lines = vec![payload("W5", client, i as u64, 0)];
-        let appended = bounded("append", conn.append(&grant, &lines, true)).await;
-        record.batches.push(Batch {
-            lines,
-            acked: appended.is_ok(),
-        });
-        recorder.finish(record);
+        let appended =
+            append_and_release_recorded(conn.as_mut(), &recorder, session, &grant, lines).await;
         match appended {
             Ok(()) => {
                 tally.latency.record(t0.elapsed());

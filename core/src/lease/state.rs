@@ -211,14 +211,12 @@ impl State {
             fx.grants.push((resource.clone(), waiter));
             return;
         }
-        // Keep the entry while an append still holds the gate, so a new grant waits for it.
-        if res.gate.try_lock().is_ok() {
-            self.resources.remove(resource);
-        }
+        self.forget_if_idle(resource);
     }
 
-    /// Forgets a resource's in-memory state if it is free, unwaited for and its gate is open
-    /// (called after a gate is released, since [`State::pump`] keeps the entry while it is held).
+    /// Forgets a resource's in-memory state if it is free, unwaited for and its gate is open. The
+    /// entry stays while an append or grant holds the gate (so a new grant waits for it); whoever
+    /// releases the gate calls this again.
     pub fn forget_if_idle(&mut self, resource: &ResourceName) {
         if let Some(res) = self.resources.get(resource)
             && matches!(res.holder, Holder::Free)
@@ -236,11 +234,7 @@ impl State {
         };
         let before = res.queue.len();
         res.queue.retain(|w| w.id != id);
-        let removed = res.queue.len() != before;
-        if removed && res.queue.is_empty() && matches!(res.holder, Holder::Free) {
-            self.resources.remove(resource);
-        }
-        removed
+        res.queue.len() != before
     }
 
     /// Remembers an AppendOnce result (bounded, oldest forgotten first).
