@@ -65,7 +65,7 @@ async fn run(config: Config) -> Result<(), String> {
         data_dir = %store.root().display(),
         replayed_records = report.records,
         replayed_resources = report.resources,
-        torn_wal_bytes = report.torn_bytes,
+        wal_generation = report.generation,
         "store open"
     );
     let core = Core::new(Arc::new(store), limits);

@@ -351,7 +351,7 @@ impl ResourceLog for EmbeddedLog {
             name: self.name.clone(),
             files,
             expected_len: record.offset,
-            frame: wal::frame(&self.name, &index_line, &data),
+            payload: wal::payload(&self.name, &index_line, &data),
             data,
             index_line,
             reply,

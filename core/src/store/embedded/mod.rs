@@ -64,8 +64,9 @@ impl EmbeddedStore {
         let wal_path = meta.join("wal");
         let mut wal = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .open(&wal_path)?;
         let mut bytes = Vec::new();
         wal.read_to_end(&mut bytes)?;
@@ -75,7 +76,8 @@ impl EmbeddedStore {
             false
         })();
         if skip_replay {
-            bytes.clear();
+            // Keep the header (the generation) and drop every record.
+            bytes.truncate(usize::try_from(wal::HEADER_BYTES).unwrap_or(usize::MAX));
         }
         let replayed = replay::replay(&root, &bytes).map_err(|e| {
             io::Error::other(format!(
@@ -83,11 +85,9 @@ impl EmbeddedStore {
                 wal_path.display()
             ))
         })?;
-        wal.set_len(0)?;
-        wal.sync_all()?;
         paths::sync_dir(&meta)?;
         paths::sync_dir(&root)?;
-        let wal = wal::spawn(wal, meta)?;
+        let wal = wal::spawn(wal, meta, replayed.generation)?;
         Ok(Self {
             root,
             _lock: lock,

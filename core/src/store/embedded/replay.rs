@@ -2,8 +2,8 @@
 //!
 //! Every WAL record was durable before its batch was acknowledged; session files and indexes are
 //! only guaranteed durable at checkpoints. Replay rewrites each record's bytes at its recorded
-//! offset (idempotent), appends index lines the index lacks, and syncs both. A torn WAL tail was
-//! never acknowledged and is dropped.
+//! offset (idempotent), appends index lines the index lacks, and syncs both. A torn record at the
+//! end of the current generation was never acknowledged and is dropped.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -23,19 +23,23 @@ pub struct ReplayReport {
     pub records: usize,
     /// Resources touched.
     pub resources: usize,
-    /// Bytes of torn, never-acknowledged WAL tail dropped.
-    pub torn_bytes: usize,
+    /// The WAL generation replayed (0: a new WAL).
+    pub generation: u64,
 }
 
-/// Applies `wal_bytes` under `root`.
+/// Applies the WAL file's current generation (`wal_bytes`) under `root`.
 ///
 /// # Errors
-/// A description naming the resource that could not be restored; the WAL must then be kept.
+/// A description naming the resource that could not be restored, or the WAL's damage; the WAL
+/// must then be kept.
 pub fn replay(root: &Path, wal_bytes: &[u8]) -> Result<ReplayReport, String> {
-    let (records, valid) = wal::decode(wal_bytes);
+    let wal::Contents {
+        generation,
+        records,
+    } = wal::decode(wal_bytes)?;
     let mut report = ReplayReport {
         records: records.len(),
-        torn_bytes: wal_bytes.len() - valid,
+        generation,
         ..ReplayReport::default()
     };
     let mut order: Vec<&str> = Vec::new();

@@ -3,8 +3,15 @@
 //! Every accepted batch is framed into one WAL record; the writer drains all pending batches,
 //! writes their records, and makes them durable with one `fdatasync` for the whole group, across
 //! resources. Only then does it write the lines into the session files and their indexes (page
-//! cache), and acknowledge. Session files are fsync'd at checkpoints, after which the WAL is reset;
-//! on start, [`super::replay`] re-applies whatever the WAL holds beyond the last checkpoint.
+//! cache), and acknowledge. Session files are fsync'd at checkpoints, after which the WAL starts a
+//! new generation; on start, [`super::replay`] re-applies the current generation's records.
+//!
+//! The file is reused, never truncated: records overwrite space that earlier generations already
+//! allocated (zero-filled ahead of need, in [`GROW_BYTES`] steps), so a commit's `fdatasync`
+//! writes data blocks only, with no file-size change for the journal to commit. A header block
+//! holds the current generation in two checksummed slots (a torn header write leaves the other);
+//! every record carries its generation and a CRC, and decoding stops at the first record that is
+//! torn, stale (an older generation) or never written.
 //!
 //! Named failpoints (cargo feature `failpoints`, set with `FAILPOINTS=name=return`, tests only)
 //! sit at each durability boundary: `wal-write`, `wal-written`, `wal-sync`, `wal-synced`,
@@ -27,8 +34,19 @@ use super::paths::sync_dir;
 use crate::error::CoreError;
 use crate::resource::ResourceName;
 
-/// WAL size after which the writer checkpoints.
+/// Record bytes in one generation after which the writer checkpoints.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Zero-filled space the writer allocates at a time, ahead of need.
+pub const GROW_BYTES: u64 = 4 << 20;
+/// The header block; records start after it.
+pub const HEADER_BYTES: u64 = 4096;
+/// Where each of the two header slots sits.
+const SLOT_BYTES: u64 = 512;
+/// Header slot: `[magic 8][generation u64 LE][crc32 u32 LE of the first 16 bytes]`.
+const MAGIC: &[u8; 8] = b"FPWAL\x002\n";
+/// Record frame: `[len u32 LE][crc32 u32 LE][generation u64 LE][payload]`; len and crc cover
+/// generation and payload.
+const FRAME_HEAD: usize = 8;
 /// Most batches committed by one fdatasync.
 const MAX_GROUP: usize = 1024;
 /// Files written since the last checkpoint after which the writer checkpoints (bounds the
@@ -57,8 +75,8 @@ pub struct Job {
     pub files: Arc<Files>,
     /// Session file length the batch expects (the head's length).
     pub expected_len: u64,
-    /// The framed WAL record.
-    pub frame: Vec<u8>,
+    /// The WAL record's payload (see [`payload`]).
+    pub payload: Vec<u8>,
     /// The lines with newlines, to write at `expected_len`.
     pub data: Vec<u8>,
     /// The index line.
@@ -76,19 +94,49 @@ pub enum Msg {
     Checkpoint(oneshot::Sender<io::Result<()>>),
 }
 
-/// Frames one record: `[len u32 LE][crc32 u32 LE][name \n record-json \n data]`.
-pub fn frame(name: &ResourceName, record_line: &[u8], data: &[u8]) -> Vec<u8> {
-    let len = name.as_str().len() + 1 + record_line.len() + data.len();
-    let mut out = Vec::with_capacity(8 + len);
-    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+/// One record's payload: `name \n record-json \n data` (the writer frames it).
+pub fn payload(name: &ResourceName, record_line: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.as_str().len() + 1 + record_line.len() + data.len());
     out.extend_from_slice(name.as_str().as_bytes());
     out.push(b'\n');
     out.extend_from_slice(record_line);
     out.extend_from_slice(data);
-    let crc = crc32fast::hash(&out[8..]);
-    out[4..8].copy_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// Appends one framed record of `generation` to `out`.
+fn encode(out: &mut Vec<u8>, generation: u64, payload: &[u8]) {
+    let start = out.len();
+    let len = 8 + payload.len();
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out[start + FRAME_HEAD..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// One header slot for `generation`.
+fn header_slot(generation: u64) -> [u8; 20] {
+    let mut slot = [0; 20];
+    slot[..8].copy_from_slice(MAGIC);
+    slot[8..16].copy_from_slice(&generation.to_le_bytes());
+    let crc = crc32fast::hash(&slot[..16]);
+    slot[16..].copy_from_slice(&crc.to_le_bytes());
+    slot
+}
+
+/// The newest generation a valid header slot names.
+fn read_header(bytes: &[u8]) -> Option<u64> {
+    (0..2)
+        .filter_map(|i| {
+            let at = usize::try_from(i * SLOT_BYTES).ok()?;
+            let slot = bytes.get(at..at + 20)?;
+            let crc = u32::from_le_bytes(slot[16..].try_into().ok()?);
+            (&slot[..8] == MAGIC && crc32fast::hash(&slot[..16]) == crc)
+                .then(|| u64::from_le_bytes(slot[8..16].try_into().expect("8 bytes")))
+        })
+        .max()
 }
 
 /// One decoded record.
@@ -102,68 +150,112 @@ pub struct Record<'a> {
     pub data: &'a [u8],
 }
 
-/// Decodes records until the end or the first torn/corrupt frame. Returns them and the length
-/// of the valid prefix.
-pub fn decode(bytes: &[u8]) -> (Vec<Record<'_>>, usize) {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while bytes.len() - pos >= 8 {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes"));
-        let Some(payload) = bytes.get(pos + 8..pos + 8 + len) else {
-            break;
-        };
-        if len == 0 || crc32fast::hash(payload) != crc {
-            break;
-        }
-        let Some(n1) = payload.iter().position(|b| *b == b'\n') else {
-            break;
-        };
-        let Some(n2) = payload[n1 + 1..].iter().position(|b| *b == b'\n') else {
-            break;
-        };
-        let Ok(name) = std::str::from_utf8(&payload[..n1]) else {
-            break;
-        };
-        out.push(Record {
-            name,
-            record_line: &payload[n1 + 1..n1 + 1 + n2],
-            data: &payload[n1 + 2 + n2..],
-        });
-        pos += 8 + len;
-    }
-    (out, pos)
+/// The current generation's records, decoded from the whole WAL file.
+#[derive(Debug)]
+pub struct Contents<'a> {
+    /// The generation the header names (0 for a new, empty WAL).
+    pub generation: u64,
+    /// Its records, in commit order.
+    pub records: Vec<Record<'a>>,
 }
 
-/// Starts the writer thread on an open, empty WAL file.
-pub fn spawn(wal: File, wal_dir: PathBuf) -> io::Result<Sender<Msg>> {
+/// Decodes a WAL file: its generation and that generation's records, up to the first torn,
+/// stale or unwritten frame.
+///
+/// # Errors
+/// Neither header slot is valid although records follow: the header was damaged after it was
+/// made durable, so which records are current cannot be known.
+pub fn decode(bytes: &[u8]) -> Result<Contents<'_>, String> {
+    let body = bytes
+        .get(usize::try_from(HEADER_BYTES).unwrap_or(usize::MAX)..)
+        .unwrap_or_default();
+    let Some(generation) = read_header(bytes) else {
+        // A header is made durable before any record is written, so without one there can only be
+        // a torn first header and no records.
+        return match next_frame(body, None) {
+            Some(_) => Err("the write-ahead log header is damaged but records follow it".into()),
+            None => Ok(Contents {
+                generation: 0,
+                records: Vec::new(),
+            }),
+        };
+    };
+    let mut records = Vec::new();
+    let mut rest = body;
+    while let Some((record, used)) = next_frame(rest, Some(generation)) {
+        records.push(record);
+        rest = &rest[used..];
+    }
+    Ok(Contents {
+        generation,
+        records,
+    })
+}
+
+/// The frame at the start of `bytes`, if it is whole, checks out, and is of `generation` (any
+/// generation if `None`); with its length.
+fn next_frame(bytes: &[u8], generation: Option<u64>) -> Option<(Record<'_>, usize)> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    let body = bytes.get(FRAME_HEAD..FRAME_HEAD + len)?;
+    if len < 8 || crc32fast::hash(body) != crc {
+        return None;
+    }
+    let record_generation = u64::from_le_bytes(body[..8].try_into().ok()?);
+    if generation.is_some_and(|g| g != record_generation) {
+        return None;
+    }
+    let payload = &body[8..];
+    let n1 = payload.iter().position(|b| *b == b'\n')?;
+    let n2 = payload[n1 + 1..].iter().position(|b| *b == b'\n')?;
+    let name = std::str::from_utf8(&payload[..n1]).ok()?;
+    let record = Record {
+        name,
+        record_line: &payload[n1 + 1..n1 + 1 + n2],
+        data: &payload[n1 + 2 + n2..],
+    };
+    Some((record, FRAME_HEAD + len))
+}
+
+/// Starts a new generation on the WAL file (after replay of the old one: `generation` is the one
+/// just replayed), durably, then the writer thread.
+///
+/// # Errors
+/// The header could not be written and synced.
+pub fn spawn(wal: File, wal_dir: PathBuf, generation: u64) -> io::Result<Sender<Msg>> {
+    let allocated = wal.metadata()?.len();
+    let mut writer = Writer {
+        wal,
+        wal_dir,
+        generation,
+        pos: HEADER_BYTES,
+        allocated,
+        dirty: HashSet::new(),
+        broken: None,
+    };
+    writer.next_generation()?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("fencepost-wal".into())
-        .spawn(move || Writer::new(wal, wal_dir).run(&rx))?;
+        .spawn(move || writer.run(&rx))?;
     Ok(tx)
 }
 
 struct Writer {
     wal: File,
     wal_dir: PathBuf,
-    size: u64,
+    /// The generation records are written in.
+    generation: u64,
+    /// Where the next record goes.
+    pos: u64,
+    /// The file's length: space up to here is allocated and needs no size change to overwrite.
+    allocated: u64,
     // Session files written since the last checkpoint (paths only: no descriptor is pinned).
     dirty: HashSet<PathBuf>,
     broken: Option<String>,
 }
 
 impl Writer {
-    fn new(wal: File, wal_dir: PathBuf) -> Self {
-        Self {
-            wal,
-            wal_dir,
-            size: 0,
-            dirty: HashSet::new(),
-            broken: None,
-        }
-    }
-
     fn run(mut self, rx: &Receiver<Msg>) {
         while let Ok(msg) = rx.recv() {
             let mut group = Vec::new();
@@ -182,13 +274,13 @@ impl Writer {
                 self.commit(group);
             }
             if !checkpoints.is_empty()
-                || self.size >= CHECKPOINT_BYTES
+                || self.pos - HEADER_BYTES >= CHECKPOINT_BYTES
                 || self.dirty.len() >= CHECKPOINT_FILES
             {
                 let result = self.checkpoint();
                 if let Err(e) = &result {
                     // A failed fsync may have dropped dirty pages (and cleared the error): never
-                    // truncate the WAL after one. The store stops; a restart replays the WAL.
+                    // start a new WAL generation after one. The store stops; a restart replays the WAL.
                     tracing::error!(error = %e, "checkpoint failed; the store stops accepting writes and keeps the WAL");
                     self.broken
                         .get_or_insert_with(|| format!("checkpoint failed: {e}"));
@@ -218,7 +310,7 @@ impl Writer {
             }
             match tamper_check(&job) {
                 Ok(()) => {
-                    buf.extend_from_slice(&job.frame);
+                    encode(&mut buf, self.generation, &job.payload);
                     ready.push(job);
                 }
                 Err(e) => {
@@ -231,7 +323,8 @@ impl Writer {
         }
         let durable = (|| -> io::Result<()> {
             fail::fail_point!("wal-write", |arg| Err(injected(arg)));
-            self.wal.write_all(&buf)?;
+            self.grow(self.pos + buf.len() as u64)?;
+            self.wal.write_all_at(&buf, self.pos)?;
             fail::fail_point!("wal-written", |_| std::process::abort());
             fail::fail_point!("wal-sync", |arg| Err(injected(arg)));
             self.wal.sync_data()
@@ -245,9 +338,9 @@ impl Writer {
             self.broken = Some(detail);
             return;
         }
-        self.size += buf.len() as u64;
+        self.pos += buf.len() as u64;
         #[cfg(feature = "failpoints")]
-        synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), self.size)]);
+        synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), self.pos)]);
         for job in ready {
             let result = (|| -> io::Result<()> {
                 fail::fail_point!("wal-synced", |_| std::process::abort());
@@ -290,12 +383,38 @@ impl Writer {
         synced::record_paths(&self.wal_dir, &self.dirty);
         self.dirty.clear();
         fail::fail_point!("checkpoint-synced", |_| std::process::abort());
-        self.wal.set_len(0)?;
-        self.wal.sync_all()?;
-        sync_dir(&self.wal_dir)?;
-        self.size = 0;
+        self.next_generation()
+    }
+
+    /// Makes a new generation current: its header slot is written and synced before any of its
+    /// records, so the older records in the file are stale from then on.
+    fn next_generation(&mut self) -> io::Result<()> {
+        let generation = self.generation + 1;
+        let created = self.allocated < HEADER_BYTES;
+        self.grow(HEADER_BYTES)?;
+        self.wal
+            .write_all_at(&header_slot(generation), (generation % 2) * SLOT_BYTES)?;
+        self.wal.sync_data()?;
+        if created {
+            sync_dir(&self.wal_dir)?;
+        }
+        self.generation = generation;
+        self.pos = HEADER_BYTES;
         #[cfg(feature = "failpoints")]
-        synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), 0)]);
+        synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), self.pos)]);
+        Ok(())
+    }
+
+    /// Zero-fills the file ahead of `end` (in [`GROW_BYTES`] steps), so that records overwrite
+    /// allocated space; the caller's sync makes the new length durable.
+    fn grow(&mut self, end: u64) -> io::Result<()> {
+        if end <= self.allocated {
+            return Ok(());
+        }
+        let target = end.div_ceil(GROW_BYTES) * GROW_BYTES;
+        let zeros = vec![0; usize::try_from(target - self.allocated).unwrap_or(usize::MAX)];
+        self.wal.write_all_at(&zeros, self.allocated)?;
+        self.allocated = target;
         Ok(())
     }
 }
@@ -355,23 +474,75 @@ fn store_failed(resource: &str, detail: &str) -> CoreError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn frames_round_trip_and_a_torn_tail_is_cut() {
+    fn record(generation: u64, epoch: u32, data: &[u8]) -> Vec<u8> {
         let name = ResourceName::parse("a/b.jsonl").unwrap();
-        let mut bytes = frame(&name, b"{\"epoch\":1}\n", b"{}\n{}\n");
-        bytes.extend(frame(&name, b"{\"epoch\":2}\n", b"{\"x\":1}\n"));
-        let full = bytes.len();
-        bytes.extend(&frame(&name, b"{\"epoch\":3}\n", b"{}\n")[..10]);
-        let (records, valid) = decode(&bytes);
-        assert_eq!(valid, full);
-        assert_eq!(records.len(), 2);
-        assert_eq!(records[0].name, "a/b.jsonl");
-        assert_eq!(records[0].record_line, b"{\"epoch\":1}");
-        assert_eq!(records[1].data, b"{\"x\":1}\n");
+        let mut out = Vec::new();
+        let line = format!("{{\"epoch\":{epoch}}}\n");
+        encode(&mut out, generation, &payload(&name, line.as_bytes(), data));
+        out
+    }
 
-        let mut flipped = bytes.clone();
-        flipped[12] ^= 1;
-        assert_eq!(decode(&flipped).0.len(), 0);
+    fn file(generation: u64, records: &[Vec<u8>], tail: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0; HEADER_BYTES as usize];
+        let at = ((generation % 2) * SLOT_BYTES) as usize;
+        bytes[at..at + 20].copy_from_slice(&header_slot(generation));
+        for r in records {
+            bytes.extend(r);
+        }
+        bytes.extend(tail);
+        bytes
+    }
+
+    #[test]
+    fn records_round_trip_and_decoding_stops_at_a_torn_frame() {
+        let (a, b) = (record(3, 1, b"{}\n{}\n"), record(3, 2, b"{\"x\":1}\n"));
+        let torn = &record(3, 3, b"{}\n")[..10];
+        let bytes = file(3, &[a.clone(), b.clone()], torn);
+        let contents = decode(&bytes).unwrap();
+        assert_eq!(contents.generation, 3);
+        assert_eq!(contents.records.len(), 2);
+        assert_eq!(contents.records[0].name, "a/b.jsonl");
+        assert_eq!(contents.records[0].record_line, b"{\"epoch\":1}");
+        assert_eq!(contents.records[1].data, b"{\"x\":1}\n");
+
+        let mut flipped = file(3, &[a, b], &[]);
+        flipped[HEADER_BYTES as usize + 20] ^= 1;
+        assert_eq!(decode(&flipped).unwrap().records.len(), 0);
+    }
+
+    #[test]
+    fn records_of_an_older_generation_are_stale() {
+        // Generation 5 overwrote the start of generation 4's space, then stopped.
+        let old: Vec<_> = (0..3).map(|i| record(4, i, b"{}\n")).collect();
+        let mut bytes = file(4, &old, &[]);
+        let new = record(5, 9, b"{}\n");
+        assert_eq!(new.len(), old[0].len());
+        let at = SLOT_BYTES as usize; // generation 5's slot
+        bytes[at..at + 20].copy_from_slice(&header_slot(5));
+        let start = HEADER_BYTES as usize;
+        bytes[start..start + new.len()].copy_from_slice(&new);
+        let contents = decode(&bytes).unwrap();
+        assert_eq!(contents.generation, 5);
+        assert_eq!(contents.records.len(), 1);
+        assert_eq!(contents.records[0].record_line, b"{\"epoch\":9}");
+    }
+
+    #[test]
+    fn a_torn_header_slot_falls_back_to_the_other_and_no_header_means_no_records() {
+        let rec = record(6, 1, b"{}\n");
+        let mut bytes = file(6, std::slice::from_ref(&rec), &[]);
+        let at = SLOT_BYTES as usize; // generation 7's slot
+        bytes[at..at + 20].copy_from_slice(&header_slot(7));
+        bytes[at + 9] ^= 0xff; // generation 7's header write tore
+        let contents = decode(&bytes).unwrap();
+        assert_eq!((contents.generation, contents.records.len()), (6, 1));
+
+        assert_eq!(decode(&[]).unwrap().generation, 0);
+        assert_eq!(decode(&vec![0; 8192]).unwrap().records.len(), 0);
+        let mut headless = file(6, &[rec], &[]);
+        headless[..SLOT_BYTES as usize].fill(0);
+        let err = decode(&headless).unwrap_err();
+        assert!(err.contains("header is damaged"), "{err}");
     }
 }
 
