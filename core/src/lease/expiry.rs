@@ -1,7 +1,8 @@
-//! The expiry task: one task over the deadline-ordered set, sleeping until the earliest deadline.
+//! The expiry task: one task over the lease deadlines, sleeping until the earliest.
 //!
-//! Renewals only move deadlines later, so they never wake it; it wakes at the old earliest
-//! deadline, finds it moved, and sleeps again. New leases that become the earliest notify it.
+//! Renewals only move deadlines later, so they never wake it; it wakes at the old deadline, finds
+//! the lease renewed, schedules it at its new deadline, and sleeps again. New leases that become
+//! the earliest notify it.
 
 use std::sync::Arc;
 
@@ -20,14 +21,20 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 return;
             }
             let now = Instant::now();
-            while let Some((deadline, id)) = st.deadlines.first().cloned() {
-                if deadline > now {
-                    break;
+            while let Some(id) = st.deadlines.pop_due(now) {
+                match st.leases.get(&id).map(|rec| rec.deadline) {
+                    // Ended already.
+                    None => {}
+                    Some(deadline) if deadline <= now => {
+                        tracing::info!(lease_id = %id, "lease expired");
+                        st.end_lease(&id, EndReason::Expired, &mut fx);
+                    }
+                    Some(renewed) => {
+                        st.deadlines.schedule(renewed, id);
+                    }
                 }
-                tracing::info!(lease_id = %id, "lease expired");
-                st.end_lease(&id, EndReason::Expired, &mut fx);
             }
-            st.deadlines.first().map(|(d, _)| *d)
+            st.deadlines.next()
         };
         inner.apply(fx);
         match next {

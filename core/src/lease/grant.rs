@@ -62,9 +62,9 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
                     deadline: now + waiter.ttl,
                     idempotency_key: waiter.idempotency_key.clone(),
                     appends: Default::default(),
+                    loss: Vec::new(),
                 };
-                let earliest = st.deadlines.first().is_none_or(|(d, _)| rec.deadline < *d);
-                st.deadlines.insert((rec.deadline, id.clone()));
+                let deadline = rec.deadline;
                 if let Some(key) = &waiter.idempotency_key {
                     st.idempotency
                         .insert((waiter.owner.client_id.clone(), key.clone()), id.clone());
@@ -74,6 +74,7 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
                     head: log.head(),
                 };
                 st.leases.insert(id.clone(), rec);
+                let earliest = st.schedule_expiry(&id, deadline);
                 let res = st
                     .resources
                     .get_mut(&resource)

@@ -5,6 +5,7 @@
 //! after it is released, see [`Inner::apply`].
 
 mod append;
+mod deadlines;
 mod expiry;
 mod grant;
 mod scan;
@@ -21,7 +22,7 @@ pub use self::append::ReadFrom;
 use self::state::{Effects, Holder, State, Waiter};
 pub use self::types::{
     AcquireArgs, AppendArgs, AppendOnceArgs, Appended, Description, EndReason, Event, EventKind,
-    Grant, LeaseStatus, LeaseView, ReleaseOutcome,
+    Grant, LeaseStatus, LeaseView, LossSender, ReleaseOutcome,
 };
 use crate::config::Limits;
 use crate::error::CoreError;
@@ -192,13 +193,11 @@ impl Core {
         let result = {
             let mut st = self.inner.lock();
             match st.live_lease(lease_id, now, &mut fx) {
-                Ok((id, rec)) => {
+                Ok((_, rec)) => {
                     if let Some(r) = resource.filter(|r| **r != rec.resource) {
                         Err(wrong_resource(lease_id, &rec.resource, r))
                     } else {
-                        let ttl = rec.ttl;
-                        st.set_deadline(&id, now + ttl);
-                        Ok(ttl)
+                        Ok(rec.extend(now))
                     }
                 }
                 Err(e) => Err(e),
@@ -211,12 +210,18 @@ impl Core {
     /// The status of a lease, renewing it if live (for keepalive streams).
     #[must_use]
     pub fn keepalive(&self, lease_id: &str) -> LeaseStatus {
-        self.keepalive_many(&[lease_id])[0]
+        self.keepalive_many(&[lease_id], None)[0]
     }
 
     /// [`Core::keepalive`] for many leases under one lock (one keepalive message carries them all).
+    /// With `loss`, each live lease also reports its end there, once, to that sender (a keepalive
+    /// stream hears of exactly its own leases, with no scan of other leases' events).
     #[must_use]
-    pub fn keepalive_many<S: AsRef<str>>(&self, lease_ids: &[S]) -> Vec<LeaseStatus> {
+    pub fn keepalive_many<S: AsRef<str>>(
+        &self,
+        lease_ids: &[S],
+        loss: Option<&LossSender>,
+    ) -> Vec<LeaseStatus> {
         let now = Instant::now();
         let mut fx = Effects::default();
         let statuses = {
@@ -224,10 +229,11 @@ impl Core {
             lease_ids
                 .iter()
                 .map(|id| match st.live_lease(id.as_ref(), now, &mut fx) {
-                    Ok((id, rec)) => {
-                        let ttl = rec.ttl;
-                        st.set_deadline(&id, now + ttl);
-                        LeaseStatus::Alive(ttl)
+                    Ok((_, rec)) => {
+                        if let Some(tx) = loss {
+                            rec.watch_loss(tx);
+                        }
+                        LeaseStatus::Alive(rec.extend(now))
                     }
                     Err(CoreError::LeaseEnded { reason, .. }) => LeaseStatus::Ended(reason),
                     Err(_) => LeaseStatus::Unknown,

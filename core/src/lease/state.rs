@@ -3,14 +3,15 @@
 //! Nothing here awaits. Grants need the store (token issuance, opening a log), so a free resource
 //! with waiters is handed to a spawned grant task; see [`super::grant`].
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Mutex as AsyncMutex, oneshot};
 use tokio::time::Instant;
 
-use super::types::{Appended, EndReason, Event, EventKind, Grant, LeaseView};
+use super::deadlines::Deadlines;
+use super::types::{Appended, EndReason, Event, EventKind, Grant, LeaseView, LossSender};
 use crate::error::CoreError;
 use crate::model::{Owner, now_unix_micros};
 use crate::resource::ResourceName;
@@ -65,9 +66,26 @@ pub(super) struct LeaseRec {
     pub deadline: Instant,
     pub idempotency_key: Option<String>,
     pub appends: VecDeque<(String, Appended)>,
+    /// Keepalive streams to tell when the lease ends.
+    pub loss: Vec<LossSender>,
 }
 
 impl LeaseRec {
+    /// Tells `tx` when the lease ends (once per stream, however often it renews).
+    pub fn watch_loss(&mut self, tx: &LossSender) {
+        if !self.loss.iter().any(|w| w.same_channel(tx)) {
+            self.loss.retain(|w| !w.is_closed());
+            self.loss.push(tx.clone());
+        }
+    }
+
+    /// Renews the lease at `now` for its TTL, which it returns. The deadline only ever moves later
+    /// (a renewal never shortens a lease), so its expiry entry stays valid (see [`Deadlines`]).
+    pub fn extend(&mut self, now: Instant) -> Duration {
+        self.deadline = self.deadline.max(now + self.ttl);
+        self.ttl
+    }
+
     pub fn view(&self, id: &Arc<str>, now: Instant) -> LeaseView {
         LeaseView {
             lease_id: id.clone(),
@@ -101,7 +119,7 @@ pub(super) struct State {
     pub leases: HashMap<Arc<str>, LeaseRec>,
     pub ended: HashMap<Arc<str>, Ended>,
     ended_order: VecDeque<Arc<str>>,
-    pub deadlines: BTreeSet<(Instant, Arc<str>)>,
+    pub deadlines: Deadlines,
     pub idempotency: HashMap<(String, String), Arc<str>>,
     /// AppendOnce results by (client id, request id), for retries after a lost reply.
     pub once: HashMap<(String, String), (Appended, u64)>,
@@ -156,7 +174,6 @@ impl State {
         let Some(rec) = self.leases.remove(id) else {
             return;
         };
-        self.deadlines.remove(&(rec.deadline, id.clone()));
         if let Some(key) = &rec.idempotency_key {
             let k = (rec.owner.client_id.clone(), key.clone());
             // The same key may have been reused for a newer lease: only drop our own mapping.
@@ -178,6 +195,9 @@ impl State {
             },
         );
         self.ended_order.push_back(id.clone());
+        for tx in &rec.loss {
+            let _ = tx.send(id.clone());
+        }
         fx.events.push(Event {
             kind: EventKind::Ended(reason),
             resource: rec.resource.clone(),
@@ -260,12 +280,11 @@ impl State {
             .map(|(_, done)| *done)
     }
 
-    /// Moves a lease's deadline.
-    pub fn set_deadline(&mut self, id: &Arc<str>, deadline: Instant) {
-        if let Some(rec) = self.leases.get_mut(id) {
-            self.deadlines.remove(&(rec.deadline, id.clone()));
-            rec.deadline = deadline;
-            self.deadlines.insert((deadline, id.clone()));
-        }
+    /// Schedules a new lease's expiry; true if it is the earliest (the expiry task must be told).
+    pub fn schedule_expiry(&mut self, id: &Arc<str>, deadline: Instant) -> bool {
+        let earliest = self.deadlines.schedule(deadline, id.clone());
+        self.deadlines
+            .compact(self.leases.iter().map(|(id, rec)| (rec.deadline, id)));
+        earliest
     }
 }

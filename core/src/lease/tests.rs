@@ -418,3 +418,33 @@ async fn oversized_client_keys_are_refused() {
         "INVALID_ARGUMENT"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_keepalive_stream_hears_once_of_each_of_its_leases_ending_and_of_no_other() {
+    let core = core();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let on = |who: &str| AcquireArgs {
+        resource: ResourceName::parse(&format!("streams/{who}.jsonl")).unwrap(),
+        ..args(who, Duration::ZERO)
+    };
+    let kept = core.acquire(on("a")).await.unwrap();
+    let released = core.acquire(on("b")).await.unwrap();
+    let other = core.acquire(on("c")).await.unwrap();
+    let ids = [&kept.lease.lease_id, &released.lease.lease_id];
+    for _ in 0..3 {
+        let statuses = core.keepalive_many(&ids, Some(&tx));
+        assert!(statuses.iter().all(|s| matches!(s, LeaseStatus::Alive(_))));
+        tokio::time::advance(Duration::from_millis(300)).await;
+    }
+    core.release(&released.lease.resource, &released.lease.lease_id)
+        .unwrap();
+    assert_eq!(&*rx.recv().await.unwrap(), released.lease.lease_id.as_ref());
+    tokio::time::advance(Duration::from_millis(1000)).await;
+    assert_eq!(&*rx.recv().await.unwrap(), kept.lease.lease_id.as_ref());
+    // `other` expired too, but it was never renewed on this stream: it is not reported here.
+    assert_eq!(
+        core.lease_status(&other.lease.lease_id),
+        LeaseStatus::Ended(EndReason::Expired)
+    );
+    assert!(rx.try_recv().is_err(), "each end is reported once");
+}

@@ -6,6 +6,10 @@ use std::time::Duration;
 use crate::model::{Head, Owner};
 use crate::resource::ResourceName;
 
+/// Where a keepalive stream hears that a lease it renewed has ended: the lease id, once, however
+/// it ended (see [`super::Core::keepalive_many`]).
+pub type LossSender = tokio::sync::mpsc::UnboundedSender<Arc<str>>;
+
 /// How a lease ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EndReason {

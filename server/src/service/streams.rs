@@ -1,11 +1,11 @@
 //! The streaming RPCs: KeepAlive, Read and Watch. Each runs in its own task and ends when the
 //! client goes away or the server shuts down.
 
-use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use fencepost as proto;
-use fencepost_core::lease::{EventKind, LeaseStatus, ReadFrom};
+use fencepost_core::lease::{LossSender, ReadFrom};
 use fencepost_core::{Core, ResourceName, StoredEntry};
 use proto::v1;
 use tokio::sync::{broadcast, mpsc};
@@ -25,44 +25,28 @@ pub type WatchStream = Out<v1::WatchEvent>;
 const BUFFER: usize = 64;
 
 /// Renews the leases each request names, answers with their status, and pushes a status as soon
-/// as any lease this stream has renewed is lost.
+/// as any lease this stream has renewed ends (the core tells the stream directly, per lease).
 pub fn keepalive(
     core: Core,
     mut inbound: Streaming<v1::KeepAliveRequest>,
     shutdown: CancellationToken,
 ) -> KeepAliveStream {
     let (tx, rx) = mpsc::channel(BUFFER);
-    let mut events = core.subscribe();
+    let (loss_tx, mut loss_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut tracked: HashSet<String> = HashSet::new();
         loop {
             let reply = tokio::select! {
                 msg = inbound.message() => match msg {
-                    Ok(Some(req)) => renew_all(&core, req.lease_ids, &mut tracked),
+                    Ok(Some(req)) => renew_all(&core, req.lease_ids, &loss_tx),
                     Ok(None) | Err(_) => break,
                 },
-                event = events.recv() => match event {
-                    Ok(e) if matches!(e.kind, EventKind::Ended(_)) && tracked.remove(&*e.lease_id) => {
-                        lost(&core, vec![e.lease_id.to_string()])
+                Some(id) = loss_rx.recv() => {
+                    let mut ids = vec![id];
+                    while let Ok(id) = loss_rx.try_recv() {
+                        ids.push(id);
                     }
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Missed events: look every tracked lease up again.
-                        let gone: Vec<String> = tracked
-                            .iter()
-                            .filter(|id| !matches!(core.lease_status(id), LeaseStatus::Alive(_)))
-                            .cloned()
-                            .collect();
-                        for id in &gone {
-                            tracked.remove(id);
-                        }
-                        if gone.is_empty() {
-                            continue;
-                        }
-                        lost(&core, gone)
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
+                    lost(&core, &ids)
+                }
                 () = shutdown.cancelled() => break,
             };
             if tx.send(Ok(reply)).await.is_err() {
@@ -73,35 +57,21 @@ pub fn keepalive(
     Box::pin(ReceiverStream::new(rx))
 }
 
-fn renew_all(
-    core: &Core,
-    ids: Vec<String>,
-    tracked: &mut HashSet<String>,
-) -> v1::KeepAliveResponse {
-    let statuses = core.keepalive_many(&ids);
+fn renew_all(core: &Core, ids: Vec<String>, loss: &LossSender) -> v1::KeepAliveResponse {
+    let statuses = core.keepalive_many(&ids, Some(loss));
     let leases = ids
         .into_iter()
         .zip(statuses)
-        .map(|(id, s)| {
-            if matches!(s, LeaseStatus::Alive(_)) {
-                tracked.insert(id.clone());
-            } else {
-                tracked.remove(&id);
-            }
-            convert::lease_status(id, s)
-        })
+        .map(|(id, s)| convert::lease_status(id, s))
         .collect();
     v1::KeepAliveResponse { leases }
 }
 
-fn lost(core: &Core, ids: Vec<String>) -> v1::KeepAliveResponse {
+fn lost(core: &Core, ids: &[Arc<str>]) -> v1::KeepAliveResponse {
     v1::KeepAliveResponse {
         leases: ids
-            .into_iter()
-            .map(|id| {
-                let s = core.lease_status(&id);
-                convert::lease_status(id, s)
-            })
+            .iter()
+            .map(|id| convert::lease_status(id.to_string(), core.lease_status(id)))
             .collect(),
     }
 }

@@ -1,0 +1,97 @@
+//! Lease deadlines for the expiry task: a min-heap with lazy updates.
+//!
+//! A renewal only moves a lease's deadline later, so it just rewrites the deadline in the lease
+//! record (no heap operation: a keepalive of 100 leases stays cheap under the state lock). Each
+//! live lease keeps one entry here at or before its real deadline; when an entry comes due the
+//! expiry task looks the lease up, and either ends it, schedules it again at its real deadline, or
+//! drops the entry of a lease that already ended. Entries of ended leases are dropped in bulk when
+//! they outnumber the live ones.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+/// Stale entries tolerated beyond the live leases before the heap is rebuilt.
+const SLACK: usize = 1024;
+
+#[derive(Default)]
+pub(super) struct Deadlines {
+    heap: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+}
+
+impl Deadlines {
+    /// Schedules `id` at `deadline`; true if that is now the earliest entry (the expiry task must
+    /// be told).
+    pub fn schedule(&mut self, deadline: Instant, id: Arc<str>) -> bool {
+        let earliest = self.next().is_none_or(|d| deadline < d);
+        self.heap.push(Reverse((deadline, id)));
+        earliest
+    }
+
+    /// The earliest entry's deadline.
+    pub fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((d, _))| *d)
+    }
+
+    /// Takes the earliest entry if it is due at `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<Arc<str>> {
+        if self.next()? > now {
+            return None;
+        }
+        self.heap.pop().map(|Reverse((_, id))| id)
+    }
+
+    /// Rebuilds the heap from the live leases if stale entries outnumber them.
+    pub fn compact<'a>(&mut self, live: impl ExactSizeIterator<Item = (Instant, &'a Arc<str>)>) {
+        if self.heap.len() <= 2 * live.len() + SLACK {
+            return;
+        }
+        self.heap = live.map(|(d, id)| Reverse((d, id.clone()))).collect();
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn entries_come_due_in_deadline_order_and_the_earliest_is_reported() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::default();
+        assert!(d.schedule(t0 + Duration::from_secs(5), "b".into()));
+        assert!(!d.schedule(t0 + Duration::from_secs(9), "c".into()));
+        assert!(d.schedule(t0 + Duration::from_secs(1), "a".into()));
+        assert_eq!(d.next(), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(d.pop_due(t0), None);
+        let due: Vec<_> = std::iter::from_fn(|| d.pop_due(t0 + Duration::from_secs(6))).collect();
+        assert_eq!(due, vec![Arc::from("a"), Arc::from("b")]);
+        assert_eq!(d.next(), Some(t0 + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn compaction_keeps_only_live_leases_once_stale_entries_pile_up() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::default();
+        let ids: Vec<Arc<str>> = (0..3000).map(|i| Arc::from(format!("l{i}"))).collect();
+        for id in &ids {
+            d.schedule(t0 + Duration::from_secs(60), id.clone());
+        }
+        let live = [(t0 + Duration::from_secs(70), &ids[7])];
+        d.compact(live.iter().copied());
+        assert_eq!(d.len(), 1);
+        assert_eq!(d.next(), Some(t0 + Duration::from_secs(70)));
+        // Below the slack nothing is rebuilt.
+        d.schedule(t0, ids[1].clone());
+        d.compact(live.iter().copied());
+        assert_eq!(d.len(), 2);
+    }
+}
