@@ -26,7 +26,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
 use tokio::sync::oneshot;
 
@@ -47,6 +47,9 @@ const MAGIC: &[u8; 8] = b"FPWAL\x002\n";
 /// Record frame: `[len u32 LE][crc32 u32 LE][generation u64 LE][payload]`; len and crc cover
 /// generation and payload.
 const FRAME_HEAD: usize = 8;
+/// WAL bytes after which the writer has the flusher start writing session files back, so that the
+/// checkpoint's `syncfs` finds little left to write and stalls appends only briefly.
+const PREFLUSH_BYTES: u64 = 8 << 20;
 /// Most batches committed by one fdatasync.
 const MAX_GROUP: usize = 1024;
 /// Files written since the last checkpoint after which the writer checkpoints (bounds the
@@ -224,20 +227,42 @@ fn next_frame(bytes: &[u8], generation: Option<u64>) -> Option<(Record<'_>, usiz
 /// The header could not be written and synced.
 pub fn spawn(wal: File, wal_dir: PathBuf, generation: u64) -> io::Result<Sender<Msg>> {
     let allocated = wal.metadata()?.len();
+    let flusher = spawn_flusher(&wal_dir.join("wal"))?;
     let mut writer = Writer {
         wal,
         wal_dir,
         generation,
         pos: HEADER_BYTES,
+        preflushed: HEADER_BYTES,
         allocated,
         dirty: HashSet::new(),
         broken: None,
+        flusher,
     };
     writer.next_generation()?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("fencepost-wal".into())
         .spawn(move || writer.run(&rx))?;
+    Ok(tx)
+}
+
+/// Starts the flusher: a thread that runs `syncfs` on the data dir's filesystem each time it is
+/// asked (requests made while it runs coalesce). It only moves work ahead of the checkpoint, which
+/// syncs again and decides; a failure here is logged and left to the checkpoint to see. It uses
+/// its own descriptor, so that a writeback error it meets is still reported to the checkpoint's.
+fn spawn_flusher(on: &Path) -> io::Result<SyncSender<()>> {
+    let fs = File::open(on)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("fencepost-flush".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                if let Err(e) = nix::unistd::syncfs(&fs) {
+                    tracing::warn!(error = %e, "early write-back of session files failed; the checkpoint will retry and decide");
+                }
+            }
+        })?;
     Ok(tx)
 }
 
@@ -248,6 +273,9 @@ struct Writer {
     generation: u64,
     /// Where the next record goes.
     pos: u64,
+    /// `pos` when the flusher was last asked to write back.
+    preflushed: u64,
+    flusher: SyncSender<()>,
     /// The file's length: space up to here is allocated and needs no size change to overwrite.
     allocated: u64,
     // Session files written since the last checkpoint (paths only: no descriptor is pinned).
@@ -339,6 +367,10 @@ impl Writer {
             return;
         }
         self.pos += buf.len() as u64;
+        if self.pos - self.preflushed >= PREFLUSH_BYTES {
+            self.preflushed = self.pos;
+            let _ = self.flusher.try_send(());
+        }
         #[cfg(feature = "failpoints")]
         synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), self.pos)]);
         for job in ready {
@@ -400,6 +432,7 @@ impl Writer {
         }
         self.generation = generation;
         self.pos = HEADER_BYTES;
+        self.preflushed = HEADER_BYTES;
         #[cfg(feature = "failpoints")]
         synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), self.pos)]);
         Ok(())
