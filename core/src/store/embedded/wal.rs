@@ -37,7 +37,7 @@ use crate::resource::ResourceName;
 /// Record bytes in one generation after which the writer checkpoints.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// Zero-filled space the writer allocates at a time, ahead of need.
-pub const GROW_BYTES: u64 = 4 << 20;
+const GROW_BYTES: u64 = 4 << 20;
 /// The header block; records start after it.
 pub const HEADER_BYTES: u64 = 4096;
 /// Where each of the two header slots sits.
