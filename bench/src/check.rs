@@ -248,6 +248,42 @@ mod tests {
         assert!(run(&h, &contents(&[1, 2, 3, 5], &[10, 11])).is_err());
     }
 
+    /// One-call cycles, recorded as the client saw the replies (not in session order): each is
+    /// placed at its first seq, so the check follows the server's order, tokens included.
+    #[test]
+    fn one_call_records_are_checked_in_the_order_of_their_place_in_the_session() {
+        let once = |token, first_seq, lines: &[u32], acked| {
+            GrantRecord::placed(
+                "a",
+                token,
+                first_seq,
+                Batch {
+                    lines: lines.iter().copied().map(line).collect(),
+                    acked,
+                },
+            )
+        };
+        let mut h = History {
+            grants: vec![
+                once(Some(9), 3, &[3, 4], true),
+                once(Some(8), 1, &[1, 2], true),
+                once(None, u64::MAX, &[5], false),
+            ],
+        };
+        let c = |a: &[u32]| contents(a, &[]);
+        assert_eq!(run(&h, &c(&[1, 2, 3, 4])), Ok(()));
+        assert_eq!(
+            run(&h, &c(&[1, 2, 3, 4, 5])),
+            Ok(()),
+            "unknown outcome, stored"
+        );
+        let err = run(&h, &c(&[1, 2, 4])).unwrap_err();
+        assert!(err.starts_with("a (file): line 3: lost"), "{err}");
+        h.grants[0].token = Some(7);
+        let err = run(&h, &c(&[1, 2, 3, 4])).unwrap_err();
+        assert!(err.starts_with("a: token regression"), "{err}");
+    }
+
     #[test]
     fn every_source_is_checked() {
         let good = contents(&[1, 2, 3, 4, 5, 6], &[10, 11]);

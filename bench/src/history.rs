@@ -33,6 +33,20 @@ pub struct GrantRecord {
     pub batches: Vec<Batch>,
 }
 
+impl GrantRecord {
+    /// A record whose place in grant order the system reported: a one-call cycle's grant happens
+    /// inside the server, so its order is the batch's sequence number in the session, which the
+    /// server assigns in grant order. Only comparable with records of the same kind.
+    pub fn placed(session: &str, token: Option<u64>, order: u64, batch: Batch) -> Self {
+        Self {
+            session: session.to_owned(),
+            order,
+            token,
+            batches: vec![batch],
+        }
+    }
+}
+
 /// Every grant of a workload.
 #[derive(Debug, Clone, Default)]
 pub struct History {

@@ -156,6 +156,9 @@ fn round_sig3(x: f64) -> f64 {
 pub struct RatioLine {
     pub workload: String,
     pub clients: usize,
+    /// fencepost's cycle variant, when its line names one (`append-once`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<String>,
     pub ratio: BTreeMap<String, PeerRatio>,
 }
 
@@ -200,6 +203,10 @@ pub fn ratio_lines(lines: &[Line]) -> Vec<RatioLine> {
             out.push(RatioLine {
                 workload: ours.workload.clone(),
                 clients: ours.clients,
+                cycle: ours
+                    .extra("cycle")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
                 ratio,
             });
         }
@@ -297,6 +304,7 @@ mod tests {
         let lines = [
             mk("fencepost", 1, 1000.0, 500),
             mk("fencepost", 16, 4000.0, 2000),
+            mk("fencepost", 16, 8000.0, 500).with("cycle", "append-once"),
             mk("etcd", 1, 500.0, 1000),
             mk("lockfile", 16, 8000.0, 1000),
         ];
@@ -309,6 +317,7 @@ mod tests {
             [
                 r#"{"workload":"W3","clients":1,"ratio":{"etcd":{"ops_per_s":2.0,"p99_us":0.5}}}"#,
                 r#"{"workload":"W3","clients":16,"ratio":{"lockfile":{"ops_per_s":0.5,"p99_us":2.0}}}"#,
+                r#"{"workload":"W3","clients":16,"cycle":"append-once","ratio":{"lockfile":{"ops_per_s":1.0,"p99_us":0.5}}}"#,
             ]
         );
     }

@@ -12,14 +12,16 @@ use async_trait::async_trait;
 use fencepost as proto;
 use hyper_util::rt::TokioIo;
 use proto::v1::fencepost_client::FencepostClient;
-use proto::v1::{AcquireRequest, AppendRequest, Owner, OwnerKind, ReadRequest, ReleaseRequest};
+use proto::v1::{
+    AcquireRequest, AppendOnceRequest, AppendRequest, Owner, OwnerKind, ReadRequest, ReleaseRequest,
+};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use super::files::read_files;
 use super::process::Server;
-use super::{Client, Grant, KeepAlive, LossWatch, System};
+use super::{Client, Grant, KeepAlive, LossWatch, OnceAck, System};
 use crate::cli::{Opts, Transport};
 use crate::history::Contents;
 
@@ -175,6 +177,10 @@ impl System for Fencepost {
         true
     }
 
+    fn has_append_once(&self) -> bool {
+        true
+    }
+
     fn server_pid(&self) -> Option<u32> {
         self.server.as_ref().map(Server::pid)
     }
@@ -302,6 +308,32 @@ impl Client for Conn {
             .await
             .map_err(|s| rpc_error(&format!("append to {}", grant.session), &s))?;
         Ok(())
+    }
+
+    async fn append_once(&mut self, session: &str, lines: &[Vec<u8>]) -> Result<OnceAck> {
+        loop {
+            let request = AppendOnceRequest {
+                resource: session.to_owned(),
+                owner: Some(self.owner.clone()),
+                wait_ms: ACQUIRE_WAIT_MS,
+                entries: lines.to_vec(),
+                ..Default::default()
+            };
+            match self.rpc.append_once(request).await {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    return Ok(OnceAck {
+                        token: reply.token,
+                        first_seq: reply.first_seq,
+                    });
+                }
+                // The wait ran out before the lease was granted: nothing was appended.
+                Err(status) if status.code() == Code::DeadlineExceeded => {}
+                Err(status) => {
+                    return Err(rpc_error(&format!("append-once to {session}"), &status));
+                }
+            }
+        }
     }
 
     async fn release(&mut self, grant: &Grant) -> Result<()> {

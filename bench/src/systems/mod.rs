@@ -34,6 +34,15 @@ pub struct Grant {
     pub ttl: Duration,
 }
 
+/// What a one-call cycle reports: the token it appended under and where the batch landed.
+#[derive(Debug, Clone, Copy)]
+pub struct OnceAck {
+    /// The fencing token of the lease the server took for the call.
+    pub token: u64,
+    /// Sequence number of the batch's first line in the session.
+    pub first_seq: u64,
+}
+
 /// A lease renewed once and then watched for its loss (W6).
 pub struct LossWatch {
     /// When the client received the reply to the renewal.
@@ -56,6 +65,11 @@ pub trait System: Send + Sync {
 
     /// The server process, to read its memory use.
     fn server_pid(&self) -> Option<u32>;
+
+    /// Whether clients can do a whole cycle in one call ([`Client::append_once`]).
+    fn has_append_once(&self) -> bool {
+        false
+    }
 
     /// The gRPC endpoint for the bare unary baseline (fencepost only).
     fn echo_endpoint(&self) -> Option<String> {
@@ -81,6 +95,14 @@ pub trait Client: Send {
 
     /// Ends the lease.
     async fn release(&mut self, grant: &Grant) -> Result<()>;
+
+    /// The whole cycle in one call, where the system has one ([`System::has_append_once`]): waits
+    /// for the lease on `session`, appends one atomic batch and releases, durable when this
+    /// returns.
+    async fn append_once(&mut self, session: &str, lines: &[Vec<u8>]) -> Result<OnceAck> {
+        let _ = (session, lines);
+        anyhow::bail!("this system has no one-call cycle")
+    }
 
     /// Opens one keepalive stream on this client's connection.
     async fn keepalive(&mut self) -> Result<Box<dyn KeepAlive>>;

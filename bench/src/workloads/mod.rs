@@ -17,6 +17,7 @@ use anyhow::{Result, anyhow};
 use crate::cli::{Opts, Workload};
 use crate::report::{Latency, Line};
 use crate::systems::System;
+use w1_cycle::Cycle;
 
 /// Upper bound on any single operation; an op that takes longer counts as an error.
 const OP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -74,8 +75,8 @@ impl Ctx {
 /// The workload could not run at all (e.g. no client could connect).
 pub async fn run(ctx: &Ctx, workload: Workload) -> Result<Vec<Line>> {
     match workload {
-        Workload::W1 => Ok(vec![w1_cycle::run(ctx, "W1", 64, 16).await?]),
-        Workload::W2 => Ok(vec![w1_cycle::run(ctx, "W2", 1, 16).await?]),
+        Workload::W1 => cycle_lines(ctx, "W1", 64).await,
+        Workload::W2 => cycle_lines(ctx, "W2", 1).await,
         Workload::W3 => {
             let mut lines = vec![
                 w3_append::run(ctx, 1).await?,
@@ -91,6 +92,15 @@ pub async fn run(ctx: &Ctx, workload: Workload) -> Result<Vec<Line>> {
         Workload::W5 => Ok(vec![w5_scale::run(ctx).await?]),
         Workload::W6 => Ok(vec![w6_handover::run(ctx).await?]),
     }
+}
+
+/// W1 or W2 with 16 clients: the two-call cycle, then the one-call cycle where the system has it.
+async fn cycle_lines(ctx: &Ctx, workload: &'static str, sessions: usize) -> Result<Vec<Line>> {
+    let mut lines = vec![w1_cycle::run(ctx, workload, sessions, 16, Cycle::TwoCalls).await?];
+    if ctx.sys.has_append_once() {
+        lines.push(w1_cycle::run(ctx, workload, sessions, 16, Cycle::AppendOnce).await?);
+    }
+    Ok(lines)
 }
 
 /// A ~300-byte JSON line, unique to (workload, client, op, index) so the safety check can tell

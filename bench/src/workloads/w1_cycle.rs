@@ -1,6 +1,10 @@
 //! W1 (64 sessions) and W2 (1 hot session): 16 clients, each on its own connection, repeat the
 //! cycle acquire a random session (waiting as needed) -> append 3 lines in one batch -> release.
 //! The append carries the release (append-and-release), so a cycle is two round trips.
+//!
+//! Where the system has one (fencepost's AppendOnce), a second line measures the same cycle done
+//! in one call: the server waits for the lease, appends and releases, and answers with the token
+//! and the batch's place in the session. It is marked `"cycle":"append-once"`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,12 +16,21 @@ use super::{
     Ctx, MAX_OPS_PER_CLIENT, Tally, append_and_release_recorded, bounded, join_all, payload,
     w4_safety,
 };
-use crate::history::Recorder;
+use crate::history::{Batch, GrantRecord, Recorder};
 use crate::report::{Line, round1};
 use crate::systems::Client;
 
 /// Lines per batch.
 const BATCH: usize = 3;
+
+/// How a client does one cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cycle {
+    /// Acquire, then append carrying the release: two round trips.
+    TwoCalls,
+    /// One call that acquires, appends and releases ([`crate::systems::Client::append_once`]).
+    AppendOnce,
+}
 
 /// Runs the cycle on `sessions` sessions with `clients` clients for `--duration`.
 ///
@@ -28,8 +41,12 @@ pub async fn run(
     workload: &'static str,
     sessions: usize,
     clients: usize,
+    cycle: Cycle,
 ) -> Result<Line> {
-    let dir = workload.to_ascii_lowercase();
+    let dir = match cycle {
+        Cycle::TwoCalls => workload.to_ascii_lowercase(),
+        Cycle::AppendOnce => format!("{}-once", workload.to_ascii_lowercase()),
+    };
     let names: Arc<Vec<String>> = Arc::new(
         (0..sessions)
             .map(|i| ctx.session(&dir, &format!("s{i:02}.jsonl")))
@@ -47,7 +64,12 @@ pub async fn run(
         .enumerate()
         .map(|(c, conn)| {
             let (names, recorder) = (Arc::clone(&names), recorder.clone());
-            tokio::spawn(cycles(conn, workload, c, names, recorder, deadline))
+            let who = Who {
+                workload,
+                client: c,
+                cycle,
+            };
+            tokio::spawn(cycles(conn, who, names, recorder, deadline))
         })
         .collect();
     let mut total = Tally::default();
@@ -76,6 +98,9 @@ pub async fn run(
     if sessions == 1 {
         line = with_fairness(line, &per_client);
     }
+    if cycle == Cycle::AppendOnce {
+        line = line.with("cycle", "append-once");
+    }
     Ok(total.annotate(line))
 }
 
@@ -95,21 +120,47 @@ fn with_fairness(line: Line, per_client: &[u64]) -> Line {
         .with("client_ops_max", max)
 }
 
+/// Which client of which workload, cycling how.
+#[derive(Debug, Clone, Copy)]
+struct Who {
+    workload: &'static str,
+    client: usize,
+    cycle: Cycle,
+}
+
 /// One client's loop until the deadline; stops at its first failure.
 async fn cycles(
     mut conn: Box<dyn Client>,
-    workload: &'static str,
-    client: usize,
+    who: Who,
     names: Arc<Vec<String>>,
     recorder: Recorder,
     deadline: Instant,
 ) -> Tally {
+    let Who {
+        workload, client, ..
+    } = who;
     let mut tally = Tally::default();
     let mut op = 0;
     while Instant::now() < deadline && op < MAX_OPS_PER_CLIENT {
         op += 1;
         let session = &names[fastrand::usize(..names.len())];
         let t0 = Instant::now();
+        if who.cycle == Cycle::AppendOnce {
+            let lines: Vec<Vec<u8>> = (0..BATCH)
+                .map(|i| payload(workload, client, op, i))
+                .collect();
+            match once_recorded(conn.as_mut(), &recorder, session, lines).await {
+                Ok(()) => {
+                    tally.latency.record(t0.elapsed());
+                    tally.ops += 1;
+                    continue;
+                }
+                Err(e) => {
+                    tally.error(&e);
+                    break;
+                }
+            }
+        }
         let grant = match bounded("acquire", conn.acquire(session)).await {
             Ok(grant) => grant,
             Err(e) => {
@@ -136,6 +187,36 @@ async fn cycles(
         }
     }
     tally
+}
+
+/// One call that acquires, appends and releases, recorded at the batch's place in the session. A
+/// call whose outcome is unknown is recorded last: its batch may be stored or not.
+async fn once_recorded(
+    conn: &mut dyn Client,
+    recorder: &Recorder,
+    session: &str,
+    lines: Vec<Vec<u8>>,
+) -> Result<()> {
+    match bounded("append-once", conn.append_once(session, &lines)).await {
+        Ok(ack) => {
+            let batch = Batch { lines, acked: true };
+            recorder.finish(GrantRecord::placed(
+                session,
+                Some(ack.token),
+                ack.first_seq,
+                batch,
+            ));
+            Ok(())
+        }
+        Err(e) => {
+            let batch = Batch {
+                lines,
+                acked: false,
+            };
+            recorder.finish(GrantRecord::placed(session, None, u64::MAX, batch));
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
