@@ -18,6 +18,11 @@ use crate::cli::{Opts, SystemChoice};
 use crate::report::{Line, ratio_lines};
 use crate::workloads::Ctx;
 
+// The clients share the two cores with the server under test; glibc's malloc costs them CPU
+// the server could use (the server uses mimalloc too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let opts = Opts::parse();
     let runtime = match tokio::runtime::Runtime::new() {
