@@ -2,10 +2,11 @@
 //!
 //! A renewal only moves a lease's deadline later, so it just rewrites the deadline in the lease
 //! record (no heap operation: a keepalive of 100 leases stays cheap under the state lock). Each
-//! live lease keeps one entry here at or before its real deadline; when an entry comes due the
-//! expiry task looks the lease up, and either ends it, schedules it again at its real deadline, or
-//! drops the entry of a lease that already ended. Entries of ended leases are dropped in bulk when
-//! they outnumber the live ones.
+//! live lease keeps one entry here at or before its real deadline. The expiry task looks up the
+//! lease of the earliest entry before it sleeps: it ends it if due, schedules it again at its real
+//! deadline if it was renewed, or drops the entry of a lease that already ended, until the earliest
+//! entry is a real deadline, which is what it sleeps until. Entries of ended leases are also
+//! dropped in bulk when they outnumber the live ones.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -35,11 +36,13 @@ impl Deadlines {
         self.heap.peek().map(|Reverse((d, _))| *d)
     }
 
-    /// Takes the earliest entry if it is due at `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<Arc<str>> {
-        if self.next()? > now {
-            return None;
-        }
+    /// The earliest entry.
+    pub fn peek(&self) -> Option<(Instant, &Arc<str>)> {
+        self.heap.peek().map(|Reverse((d, id))| (*d, id))
+    }
+
+    /// Takes the earliest entry.
+    pub fn pop(&mut self) -> Option<Arc<str>> {
         self.heap.pop().map(|Reverse((_, id))| id)
     }
 
@@ -71,10 +74,13 @@ mod tests {
         assert!(!d.schedule(t0 + Duration::from_secs(9), "c".into()));
         assert!(d.schedule(t0 + Duration::from_secs(1), "a".into()));
         assert_eq!(d.next(), Some(t0 + Duration::from_secs(1)));
-        assert_eq!(d.pop_due(t0), None);
-        let due: Vec<_> = std::iter::from_fn(|| d.pop_due(t0 + Duration::from_secs(6))).collect();
-        assert_eq!(due, vec![Arc::from("a"), Arc::from("b")]);
-        assert_eq!(d.next(), Some(t0 + Duration::from_secs(9)));
+        assert_eq!(
+            d.peek(),
+            Some((t0 + Duration::from_secs(1), &Arc::from("a")))
+        );
+        let order: Vec<_> = std::iter::from_fn(|| d.pop()).collect();
+        assert_eq!(order, vec![Arc::from("a"), Arc::from("b"), Arc::from("c")]);
+        assert_eq!(d.next(), None);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The expiry task: one task over the lease deadlines, sleeping until the earliest.
 //!
-//! Renewals only move deadlines later, so they never wake it; it wakes at the old deadline, finds
-//! the lease renewed, schedules it at its new deadline, and sleeps again. New leases that become
-//! the earliest notify it.
+//! Renewals only move deadlines later, so they never wake it. Before it sleeps it puts the earliest
+//! entries right (see [`super::deadlines`]): renewed leases go back at their new deadlines, ended
+//! ones are dropped, due ones end; so it sleeps until a real deadline and wakes only for leases
+//! that may really expire, not once per renewed lease. New leases that become the earliest notify
+//! it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,31 +15,50 @@ use super::Inner;
 use super::state::Effects;
 use super::types::EndReason;
 
+/// Entries put right per hold of the state lock: a keepalive waits for at most this many.
+const CHUNK: usize = 256;
+
 pub(super) async fn run(inner: Arc<Inner>) {
     loop {
         let mut fx = Effects::default();
-        let next = {
+        let (next, more) = {
             let mut st = inner.lock();
             if st.closed {
                 return;
             }
             let now = Instant::now();
-            while let Some(id) = st.deadlines.pop_due(now) {
+            let mut budget = CHUNK;
+            while let Some((at, id)) = st.deadlines.peek() {
+                let id = id.clone();
                 match st.leases.get(&id).map(|rec| rec.deadline) {
                     // Ended already.
-                    None => {}
+                    None => {
+                        st.deadlines.pop();
+                    }
                     Some(deadline) if deadline <= now => {
+                        st.deadlines.pop();
                         tracing::info!(lease_id = %id, "lease expired");
                         st.end_lease(&id, EndReason::Expired, &mut fx);
                     }
-                    Some(renewed) => {
+                    Some(renewed) if renewed > at => {
+                        st.deadlines.pop();
                         st.deadlines.schedule(renewed, id);
                     }
+                    // A real deadline, still ahead.
+                    Some(_) => break,
+                }
+                budget -= 1;
+                if budget == 0 {
+                    break;
                 }
             }
-            st.deadlines.next()
+            (st.deadlines.next(), budget == 0)
         };
         inner.apply(fx);
+        if more {
+            tokio::task::yield_now().await;
+            continue;
+        }
         match next {
             Some(deadline) => {
                 tokio::select! {

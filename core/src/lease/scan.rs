@@ -53,8 +53,22 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 .collect()
         };
         reported.retain(|n| active.iter().any(|(a, _)| a == n));
-        for (name, log) in active {
-            check(&inner, &name, log.as_ref(), &mut reported);
+        // One stat per resource: thousands in use must not hold a runtime worker.
+        let scan_inner = inner.clone();
+        let mut seen = std::mem::take(&mut reported);
+        let scanned = tokio::task::spawn_blocking(move || {
+            for (name, log) in active {
+                check(&scan_inner, &name, log.as_ref(), &mut seen);
+            }
+            seen
+        })
+        .await;
+        match scanned {
+            Ok(seen) => reported = seen,
+            Err(e) => {
+                tracing::error!(error = %e, "the periodic tamper scan stopped");
+                return;
+            }
         }
     }
 }

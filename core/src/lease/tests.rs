@@ -196,6 +196,46 @@ async fn renewals_keep_a_lease_past_many_ttls() {
     );
 }
 
+/// More renewed leases than the expiry task puts right per lock hold: the one left unrenewed
+/// expires at its renewed deadline, not at its first one, and the others live on.
+#[tokio::test(start_paused = true)]
+async fn among_many_renewed_leases_the_unrenewed_one_expires_at_its_renewed_deadline() {
+    let core = core();
+    let start = tokio::time::Instant::now();
+    let on = |i: usize| {
+        let mut a = args(&format!("c{i}"), Duration::ZERO);
+        a.resource = ResourceName::parse(&format!("many/s{i}.jsonl")).unwrap();
+        a
+    };
+    let mut ids = Vec::new();
+    for i in 0..600 {
+        ids.push(core.acquire(on(i)).await.unwrap().lease.lease_id);
+    }
+    tokio::time::advance(Duration::from_millis(600)).await;
+    core.keepalive_many(&ids, None);
+    tokio::time::advance(Duration::from_millis(600)).await;
+    // Past every first deadline: all renewed once, all but lease 0 renewed again.
+    core.keepalive_many(&ids[1..], None);
+    let mut waiter = on(0);
+    waiter.wait = LONG;
+    core.acquire(waiter).await.unwrap();
+    let granted_at = start.elapsed();
+    assert!(
+        granted_at >= Duration::from_millis(1600) && granted_at < Duration::from_millis(1700),
+        "granted at {granted_at:?}, lease 0's renewed deadline was 1.6 s"
+    );
+    assert_eq!(
+        core.lease_status(&ids[0]),
+        LeaseStatus::Ended(EndReason::Expired)
+    );
+    for id in &ids[1..] {
+        assert!(
+            matches!(core.lease_status(id), LeaseStatus::Alive(_)),
+            "{id}"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn stale_tokens_are_rejected_after_release_and_after_a_newer_grant() {
     let core = core();
