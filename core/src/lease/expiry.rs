@@ -72,8 +72,10 @@ pub(super) async fn run(inner: Arc<Inner>) {
 }
 
 /// How long before a deadline the runtime timer hands over to a blocking sleep. Its timer fires
-/// on the first millisecond tick at or after the time asked, often a tick later when idle.
-const MARGIN: Duration = Duration::from_millis(2);
+/// on the first millisecond tick at or after the time asked, often a tick later when idle, and
+/// later still when the workers are busy; the blocking sleep is cheap (the task sleeps only until
+/// real deadlines), so the margin is generous.
+const MARGIN: Duration = Duration::from_millis(4);
 
 /// Sleeps until `deadline`, waking within a fraction of a millisecond of it rather than on one of
 /// the runtime timer's later ticks, so a waiter gets an expired lease without that extra delay.
