@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 
-use crate::history::{Batch, Contents, GrantRecord, History};
+use crate::history::{Batch, Contents, GrantRecord, History, Placed};
 
 /// Checks that every session holds exactly its acknowledged lines in acknowledgement order (none
 /// lost, duplicated or reordered; a batch of unknown outcome may be wholly present or absent) in
 /// every source, and that each grant's token is higher than every earlier grant's on its session.
+/// One-call cycles ([`Placed`]) are also checked against real time (a call answered before another
+/// was sent sits before it) and against the seq the server reported (the batch is at that line).
 ///
 /// # Errors
 /// The first difference, in words.
@@ -15,13 +17,52 @@ pub fn check(history: &History, sources: &[(&str, &Contents)]) -> Result<(), Str
     let sessions = history.by_session();
     for (session, grants) in &sessions {
         check_tokens(session, grants)?;
+        check_real_time(session, grants)?;
     }
     for (source, contents) in sources {
         for (session, grants) in &sessions {
             let actual = contents.get(*session).map_or(&[][..], Vec::as_slice);
-            let batches: Vec<&Batch> = grants.iter().flat_map(|g| &g.batches).collect();
-            check_lines(&batches, actual)
+            let mut ordered: Vec<(&Batch, Option<u64>)> = Vec::new();
+            let mut floating: Vec<&Batch> = Vec::new();
+            for g in grants {
+                for b in &g.batches {
+                    match g.placed {
+                        Some(Placed::Unknown) => floating.push(b),
+                        Some(Placed::At { first_seq, .. }) => ordered.push((b, Some(first_seq))),
+                        None => ordered.push((b, None)),
+                    }
+                }
+            }
+            check_lines(&ordered, &floating, actual)
                 .map_err(|diff| format!("{session} ({source}): {diff}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// One-call cycles in session order: none may come after a call that was answered before it was
+/// sent.
+fn check_real_time(session: &str, grants: &[&GrantRecord]) -> Result<(), String> {
+    let mut latest_sent: Option<(u64, u64)> = None; // (sent, first_seq) of an earlier batch
+    for g in grants {
+        let Some(Placed::At {
+            first_seq,
+            sent,
+            replied,
+        }) = g.placed
+        else {
+            continue;
+        };
+        if let Some((earlier_sent, earlier_seq)) = latest_sent
+            && replied < earlier_sent
+        {
+            return Err(format!(
+                "{session}: real-time order broken: the batch at seq {first_seq} was acknowledged \
+                 before the one at seq {earlier_seq} was sent"
+            ));
+        }
+        if latest_sent.is_none_or(|(s, _)| sent > s) {
+            latest_sent = Some((sent, first_seq));
         }
     }
     Ok(())
@@ -44,36 +85,73 @@ fn check_tokens(session: &str, grants: &[&GrantRecord]) -> Result<(), String> {
     Ok(())
 }
 
-/// Walks the expected batches against the lines read back.
-fn check_lines(batches: &[&Batch], actual: &[Vec<u8>]) -> Result<(), String> {
+/// Walks the expected batches against the lines read back. A batch with a reported seq must start
+/// at that line. Floating batches (outcome and place unknown) may sit anywhere, once, or nowhere.
+fn check_lines(
+    batches: &[(&Batch, Option<u64>)],
+    floating: &[&Batch],
+    actual: &[Vec<u8>],
+) -> Result<(), String> {
     let expected: Vec<&[u8]> = batches
         .iter()
-        .flat_map(|b| b.lines.iter().map(Vec::as_slice))
+        .flat_map(|(b, _)| b.lines.iter().map(Vec::as_slice))
         .collect();
+    let mut used = vec![false; floating.len()];
     let mut pos = 0;
     let mut consumed = 0;
-    for batch in batches {
+    for (batch, seq) in batches {
         let n = batch.lines.len();
-        let present = actual.len() >= pos + n && actual[pos..pos + n] == batch.lines[..];
-        if present {
-            pos += n;
-        } else if batch.acked {
-            let at = (0..n)
-                .find(|&i| actual.get(pos + i) != Some(&batch.lines[i]))
-                .unwrap_or(0);
-            return Err(describe(&expected, consumed + at, actual, pos + at));
+        loop {
+            let present = actual.len() >= pos + n && actual[pos..pos + n] == batch.lines[..];
+            if present {
+                if let Some(seq) = seq
+                    && *seq != pos as u64 + 1
+                {
+                    return Err(format!(
+                        "line {}: a batch the server acknowledged at seq {seq} is here",
+                        pos + 1
+                    ));
+                }
+                pos += n;
+            } else if let Some(m) = take_floating(floating, &mut used, actual, pos) {
+                pos += m;
+                continue;
+            } else if batch.acked {
+                let at = (0..n)
+                    .find(|&i| actual.get(pos + i) != Some(&batch.lines[i]))
+                    .unwrap_or(0);
+                return Err(describe(&expected, consumed + at, actual, pos + at));
+            }
+            break;
         }
         consumed += n;
     }
+    while let Some(m) = take_floating(floating, &mut used, actual, pos) {
+        pos += m;
+    }
     if let Some(extra) = actual.get(pos) {
-        let what = if expected.contains(&extra.as_slice()) {
-            "duplicated"
-        } else {
-            "unexpected"
-        };
+        let known = expected.contains(&extra.as_slice())
+            || floating.iter().any(|b| b.lines.contains(extra));
+        let what = if known { "duplicated" } else { "unexpected" };
         return Err(format!("line {}: {what} line {}", pos + 1, show(extra)));
     }
     Ok(())
+}
+
+/// Takes an unused floating batch that the lines at `pos` hold whole; its length.
+fn take_floating(
+    floating: &[&Batch],
+    used: &mut [bool],
+    actual: &[Vec<u8>],
+    pos: usize,
+) -> Option<usize> {
+    let i = floating.iter().zip(used.iter()).position(|(b, used)| {
+        !used
+            && actual.len() >= pos + b.lines.len()
+            && actual[pos..pos + b.lines.len()] == b.lines[..]
+    })?;
+    used[i] = true;
+    Some(floating[i].lines.len())
 }
 
 /// Names the difference between the expected line `e` and what line `a` of the file holds.
@@ -128,6 +206,7 @@ mod tests {
 
     fn grant(session: &str, order: u64, token: Option<u64>, batches: &[&[u32]]) -> GrantRecord {
         GrantRecord {
+            placed: None,
             session: session.to_owned(),
             order,
             token,
@@ -249,29 +328,32 @@ mod tests {
     }
 
     /// One-call cycles, recorded as the client saw the replies (not in session order): each is
-    /// placed at its first seq, so the check follows the server's order, tokens included.
+    /// placed at its reported seq, and checked against it, against real time and for tokens.
     #[test]
-    fn one_call_records_are_checked_in_the_order_of_their_place_in_the_session() {
-        let once = |token, first_seq, lines: &[u32], acked| {
-            GrantRecord::placed(
-                "a",
-                token,
-                first_seq,
-                Batch {
-                    lines: lines.iter().copied().map(line).collect(),
-                    acked,
-                },
-            )
+    fn one_call_records_are_checked_at_their_reported_place() {
+        let at = |first_seq, sent, replied| Placed::At {
+            first_seq,
+            sent,
+            replied,
         };
-        let mut h = History {
+        let once = |token, placed, lines: &[u32]| {
+            let acked = placed != Placed::Unknown;
+            let lines = lines.iter().copied().map(line).collect();
+            GrantRecord::placed("a", token, placed, Batch { lines, acked })
+        };
+        let h = History {
             grants: vec![
-                once(Some(9), 3, &[3, 4], true),
-                once(Some(8), 1, &[1, 2], true),
-                once(None, u64::MAX, &[5], false),
+                once(Some(9), at(3, 2, 5), &[3, 4]),
+                once(Some(8), at(1, 1, 3), &[1, 2]),
+                once(None, Placed::Unknown, &[5]),
             ],
         };
         let c = |a: &[u32]| contents(a, &[]);
         assert_eq!(run(&h, &c(&[1, 2, 3, 4])), Ok(()));
+        assert_eq!(
+            run(&h, &c(&[1, 2, 5, 3, 4])).map_err(|e| e.contains("seq 3")),
+            Err(true)
+        );
         assert_eq!(
             run(&h, &c(&[1, 2, 3, 4, 5])),
             Ok(()),
@@ -279,9 +361,24 @@ mod tests {
         );
         let err = run(&h, &c(&[1, 2, 4])).unwrap_err();
         assert!(err.starts_with("a (file): line 3: lost"), "{err}");
-        h.grants[0].token = Some(7);
-        let err = run(&h, &c(&[1, 2, 3, 4])).unwrap_err();
+        let err = run(&h, &c(&[1, 2, 3, 4, 5, 5])).unwrap_err();
+        assert!(err.contains("duplicated"), "{err}");
+
+        // The unknown batch may sit between acknowledged ones if their seqs leave room for it.
+        let mut gap = h.clone();
+        gap.grants[0] = once(Some(9), at(4, 2, 5), &[3, 4]);
+        assert_eq!(run(&gap, &c(&[1, 2, 5, 3, 4])), Ok(()));
+
+        let mut tokens = h.clone();
+        tokens.grants[0].token = Some(7);
+        let err = run(&tokens, &c(&[1, 2, 3, 4])).unwrap_err();
         assert!(err.starts_with("a: token regression"), "{err}");
+
+        // Seq 1 sent at tick 6, after seq 3 was answered at tick 5, cannot come first.
+        let mut late = h.clone();
+        late.grants[1] = once(Some(8), at(1, 6, 7), &[1, 2]);
+        let err = run(&late, &c(&[1, 2, 3, 4])).unwrap_err();
+        assert!(err.contains("real-time order broken"), "{err}");
     }
 
     #[test]

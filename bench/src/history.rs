@@ -31,18 +31,40 @@ pub struct GrantRecord {
     pub token: Option<u64>,
     /// The batches appended under this grant, in acknowledgement order.
     pub batches: Vec<Batch>,
+    /// For a grant taken inside the system by a one-call cycle: where its batch landed.
+    pub placed: Option<Placed>,
+}
+
+/// Where a one-call cycle's batch landed, as far as the client knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// Acknowledged at `first_seq` (1-based line of the session); `sent` and `replied` are
+    /// [`Recorder::tick`]s taken just before the call and just after its reply, so a call answered
+    /// before another was sent must sit before it in the session.
+    At {
+        first_seq: u64,
+        sent: u64,
+        replied: u64,
+    },
+    /// The outcome is unknown: the batch may be anywhere in the session, or absent.
+    Unknown,
 }
 
 impl GrantRecord {
-    /// A record whose place in grant order the system reported: a one-call cycle's grant happens
-    /// inside the server, so its order is the batch's sequence number in the session, which the
-    /// server assigns in grant order. Only comparable with records of the same kind.
-    pub fn placed(session: &str, token: Option<u64>, order: u64, batch: Batch) -> Self {
+    /// The record of a one-call cycle: its order is the batch's first seq (the server grants in
+    /// that order), or last when the outcome is unknown. Only comparable with records of the same
+    /// kind.
+    pub fn placed(session: &str, token: Option<u64>, placed: Placed, batch: Batch) -> Self {
+        let order = match placed {
+            Placed::At { first_seq, .. } => first_seq,
+            Placed::Unknown => u64::MAX,
+        };
         Self {
             session: session.to_owned(),
             order,
             token,
             batches: vec![batch],
+            placed: Some(placed),
         }
     }
 }
@@ -91,7 +113,13 @@ impl Recorder {
             order: self.next.fetch_add(1, Ordering::SeqCst),
             token,
             batches: Vec::new(),
+            placed: None,
         }
+    }
+
+    /// The next value of the counter grant orders come from: a point in the clients' real time.
+    pub fn tick(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::SeqCst)
     }
 
     /// Stores a finished record.

@@ -16,7 +16,7 @@ use super::{
     Ctx, MAX_OPS_PER_CLIENT, Tally, append_and_release_recorded, bounded, join_all, payload,
     w4_safety,
 };
-use crate::history::{Batch, GrantRecord, Recorder};
+use crate::history::{Batch, GrantRecord, Placed, Recorder};
 use crate::report::{Line, round1};
 use crate::systems::Client;
 
@@ -189,34 +189,31 @@ async fn cycles(
     tally
 }
 
-/// One call that acquires, appends and releases, recorded at the batch's place in the session. A
-/// call whose outcome is unknown is recorded last: its batch may be stored or not.
+/// One call that acquires, appends and releases, recorded at the batch's place in the session
+/// with the real-time window of the call. A call whose outcome is unknown is recorded as such: its
+/// batch may be anywhere or absent.
 async fn once_recorded(
     conn: &mut dyn Client,
     recorder: &Recorder,
     session: &str,
     lines: Vec<Vec<u8>>,
 ) -> Result<()> {
-    match bounded("append-once", conn.append_once(session, &lines)).await {
+    let sent = recorder.tick();
+    let result = bounded("append-once", conn.append_once(session, &lines)).await;
+    let (token, placed, acked) = match &result {
         Ok(ack) => {
-            let batch = Batch { lines, acked: true };
-            recorder.finish(GrantRecord::placed(
-                session,
-                Some(ack.token),
-                ack.first_seq,
-                batch,
-            ));
-            Ok(())
-        }
-        Err(e) => {
-            let batch = Batch {
-                lines,
-                acked: false,
+            let at = Placed::At {
+                first_seq: ack.first_seq,
+                sent,
+                replied: recorder.tick(),
             };
-            recorder.finish(GrantRecord::placed(session, None, u64::MAX, batch));
-            Err(e)
+            (Some(ack.token), at, true)
         }
-    }
+        Err(_) => (None, Placed::Unknown, false),
+    };
+    let batch = Batch { lines, acked };
+    recorder.finish(GrantRecord::placed(session, token, placed, batch));
+    result.map(|_| ())
 }
 
 #[cfg(test)]

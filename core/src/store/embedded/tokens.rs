@@ -46,7 +46,7 @@ impl Tokens {
         };
         Ok(Self {
             path,
-            state: Mutex::new((ceiling + 1, ceiling)),
+            state: Mutex::new((ceiling.saturating_add(1), ceiling)),
         })
     }
 
@@ -57,10 +57,16 @@ impl Tokens {
     /// The I/O error raising the ceiling; no token is issued then.
     pub async fn next(&self, floor: u64) -> io::Result<u64> {
         let mut state = self.state.lock().await;
-        let next = state.0.max(floor + 1);
+        let next = state.0.max(floor.saturating_add(1));
+        // The last value is never issued, so `state.0` can always move past what was issued.
+        if next == u64::MAX {
+            return Err(io::Error::other(
+                "fencing tokens are exhausted (2^64 - 1 reached)",
+            ));
+        }
         let ceiling = state.1;
         if next > ceiling {
-            let raised = next + BLOCK - 1;
+            let raised = next.saturating_add(BLOCK - 1);
             let path = self.path.clone();
             tokio::task::spawn_blocking(move || persist(&path, raised))
                 .await
@@ -104,6 +110,12 @@ mod tests {
             second.next(floor).await.unwrap(),
             floor + 1,
             "a floor is honoured"
+        );
+        let err = second.next(u64::MAX - 1).await.unwrap_err();
+        assert!(err.to_string().contains("exhausted"), "{err}");
+        assert!(
+            second.next(u64::MAX).await.is_err(),
+            "a floor at the top is refused, not wrapped"
         );
     }
 }

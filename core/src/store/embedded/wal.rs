@@ -475,22 +475,18 @@ fn tamper_check(job: &Job) -> Result<(), CoreError> {
 /// would dirty its inode, and on ext4 every WAL `fdatasync` then writes an inode table block too
 /// (measured: fdatasync p50 143 µs without, 207 µs with).
 pub fn changed_on_disk(path: &Path, identity: (u64, u64), expected_len: u64) -> Option<String> {
-    use rustix::fs::{AtFlags, CWD, StatxFlags, makedev, statx};
     fail::fail_point!("tamper-check-off", |_| None);
-    let want = StatxFlags::TYPE | StatxFlags::INO | StatxFlags::SIZE;
-    let len = match statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, want) {
-        Ok(st) => {
-            let dev = makedev(st.stx_dev_major, st.stx_dev_minor);
-            let regular = u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFREG;
-            if (dev, st.stx_ino) != identity || !regular {
+    let len = match identity_and_len(path) {
+        Ok((found, regular, len)) => {
+            if found != identity || !regular {
                 return Some("replaced: the session file is a different file now".into());
             }
-            st.stx_size
+            len
         }
-        Err(rustix::io::Errno::NOENT) => {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Some("deleted: the session file is gone".into());
         }
-        Err(e) => return Some(format!("unreadable: {}", io::Error::from(e))),
+        Err(e) => return Some(format!("unreadable: {e}")),
     };
     match len.cmp(&expected_len) {
         std::cmp::Ordering::Equal => None,
@@ -501,6 +497,27 @@ pub fn changed_on_disk(path: &Path, identity: (u64, u64), expected_len: u64) -> 
         std::cmp::Ordering::Less => Some(format!(
             "truncated: {len} bytes on disk, {expected_len} recorded"
         )),
+    }
+}
+
+/// ((device, inode), is a regular file, length) of `path` itself (not a symlink's target), from a
+/// `statx` that asks for nothing else; a full `lstat` where `statx` is missing (old kernels,
+/// seccomp profiles) or the filesystem did not fill those fields.
+fn identity_and_len(path: &Path) -> io::Result<((u64, u64), bool, u64)> {
+    use rustix::fs::{AtFlags, CWD, StatxFlags, makedev, statx};
+    let want = StatxFlags::TYPE | StatxFlags::INO | StatxFlags::SIZE;
+    match statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, want) {
+        Ok(st) if StatxFlags::from_bits_retain(st.stx_mask).contains(want) => {
+            let dev = makedev(st.stx_dev_major, st.stx_dev_minor);
+            let regular = u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFREG;
+            Ok(((dev, st.stx_ino), regular, st.stx_size))
+        }
+        Ok(_) | Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::symlink_metadata(path)?;
+            Ok(((m.dev(), m.ino()), m.file_type().is_file(), m.len()))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
