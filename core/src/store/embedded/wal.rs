@@ -20,7 +20,7 @@
 //! others inject EIO (or ENOSPC with `return(enospc)`). Two switch a guard off for canary runs:
 //! `skip-replay` (no recovery at start) and `tamper-check-off` (no external-change checks).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -231,13 +231,14 @@ fn next_frame(bytes: &[u8], generation: Option<u64>) -> Option<(Record<'_>, usiz
 /// The header could not be written and synced.
 pub fn spawn(wal: File, wal_dir: PathBuf, generation: u64) -> io::Result<Sender<Msg>> {
     let allocated = wal.metadata()?.len();
-    let flusher = spawn_flusher(&wal_dir.join("wal"))?;
+    let flusher = spawn_flusher()?;
     let mut writer = Writer {
         wal,
         wal_dir,
         generation,
         pos: HEADER_BYTES,
         preflushed: HEADER_BYTES,
+        unflushed: HashMap::new(),
         allocated,
         dirty: HashSet::new(),
         broken: None,
@@ -251,24 +252,44 @@ pub fn spawn(wal: File, wal_dir: PathBuf, generation: u64) -> io::Result<Sender<
     Ok(tx)
 }
 
-/// Starts the flusher: a thread that runs `syncfs` on the data dir's filesystem each time it is
-/// asked (requests made while it runs coalesce). It only moves work ahead of the checkpoint, which
-/// syncs again and decides; a failure here is logged and left to the checkpoint to see. It uses
-/// its own descriptor, so that a writeback error it meets is still reported to the checkpoint's.
-fn spawn_flusher(on: &Path) -> io::Result<SyncSender<()>> {
-    let fs = File::open(on)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+/// Starts the flusher: a thread that starts the write-back of the session files and indexes it is
+/// handed (the complete pages of each; the partly written last page stays cached for the next
+/// append). It asks for write-back only (`posix_fadvise(DONTNEED)` writes dirty pages without
+/// waiting and without a device cache flush, then drops the clean ones), so the commits' own
+/// `fdatasync`s do not queue behind cache flushes. It only moves work ahead of the checkpoint,
+/// whose `syncfs` makes everything durable and decides; a failure here is logged and left to it.
+fn spawn_flusher() -> io::Result<SyncSender<Vec<Arc<Files>>>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Arc<Files>>>(1);
     std::thread::Builder::new()
         .name("fencepost-flush".into())
         .spawn(move || {
-            while rx.recv().is_ok() {
-                if let Err(e) = nix::unistd::syncfs(&fs) {
-                    tracing::warn!(error = %e, "early write-back of session files failed; the checkpoint will retry and decide");
+            while let Ok(batch) = rx.recv() {
+                for files in batch {
+                    for file in [&files.data, &files.index] {
+                        if let Err(e) = write_back_full_pages(file) {
+                            tracing::warn!(path = %files.data_path.display(), error = %e, "early write-back failed; the checkpoint will retry and decide");
+                        }
+                    }
                 }
             }
         })?;
     Ok(tx)
 }
+
+/// Starts the write-back of the complete pages of `file` and drops them from the cache.
+fn write_back_full_pages(file: &File) -> io::Result<()> {
+    use rustix::fs::{Advice, AtFlags, StatxFlags, fadvise, statx};
+    // Size only: asking for timestamps would give the file fine-grained ones (see `changed_on_disk`).
+    let size = statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::SIZE)?.stx_size;
+    let pages = size & !(PAGE - 1);
+    if let Some(len) = std::num::NonZeroU64::new(pages) {
+        fadvise(file, 0, Some(len), Advice::DontNeed)?;
+    }
+    Ok(())
+}
+
+/// The page size write-back works in (4 KiB on every Linux platform fencepost targets).
+const PAGE: u64 = 4096;
 
 struct Writer {
     wal: File,
@@ -279,7 +300,9 @@ struct Writer {
     pos: u64,
     /// `pos` when the flusher was last asked to write back.
     preflushed: u64,
-    flusher: SyncSender<()>,
+    flusher: SyncSender<Vec<Arc<Files>>>,
+    /// Files written since they were last handed to the flusher, by identity.
+    unflushed: HashMap<(u64, u64), Arc<Files>>,
     /// The file's length: space up to here is allocated and needs no size change to overwrite.
     allocated: u64,
     // Session files written since the last checkpoint (paths only: no descriptor is pinned).
@@ -372,8 +395,12 @@ impl Writer {
         }
         self.pos += buf.len() as u64;
         if self.pos - self.preflushed >= PREFLUSH_BYTES {
-            self.preflushed = self.pos;
-            let _ = self.flusher.try_send(());
+            let batch: Vec<Arc<Files>> = self.unflushed.values().cloned().collect();
+            // A busy flusher gets these files with the next batch.
+            if self.flusher.try_send(batch).is_ok() {
+                self.preflushed = self.pos;
+                self.unflushed.clear();
+            }
         }
         #[cfg(feature = "failpoints")]
         synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), self.pos)]);
@@ -390,6 +417,9 @@ impl Writer {
             let reply = match result {
                 Ok(()) => {
                     self.dirty.insert(job.files.data_path.clone());
+                    self.unflushed
+                        .entry(job.files.identity)
+                        .or_insert_with(|| job.files.clone());
                     Ok(())
                 }
                 Err(e) => {
@@ -418,6 +448,7 @@ impl Writer {
         #[cfg(feature = "failpoints")]
         synced::record_paths(&self.wal_dir, &self.dirty);
         self.dirty.clear();
+        self.unflushed.clear();
         fail::fail_point!("checkpoint-synced", |_| std::process::abort());
         self.next_generation()
     }
