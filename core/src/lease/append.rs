@@ -177,7 +177,7 @@ async fn append_fenced(
             Err(e) => Err(e),
         };
     };
-    let _gate = gate.lock_owned().await;
+    let gate = gate.lock_owned().await;
     let (log, owner) = match check_lease(&inner, &args)? {
         Checked::Fresh(log, owner) => (log, owner),
         Checked::Duplicate(done) => return Ok(done),
@@ -235,6 +235,9 @@ async fn append_fenced(
         head: Some(new_head),
         time_unix_micros: now_unix_micros(),
     });
+    // The append is complete: a grant started by the release need not wait for the gate. (Until
+    // that grant, no live lease covers the resource, so no other append can slip in.)
+    drop(gate);
     // After the Appended event, so watchers see the batch before the release.
     inner.apply(fx);
     Ok(done)
