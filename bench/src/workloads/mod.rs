@@ -74,14 +74,14 @@ impl Ctx {
 /// # Errors
 /// The workload could not run at all (e.g. no client could connect).
 pub async fn run(ctx: &Ctx, workload: Workload) -> Result<Vec<Line>> {
+    settle().await;
     match workload {
         Workload::W1 => cycle_lines(ctx, "W1", 64).await,
         Workload::W2 => cycle_lines(ctx, "W2", 1).await,
         Workload::W3 => {
-            let mut lines = vec![
-                w3_append::run(ctx, 1).await?,
-                w3_append::run(ctx, 16).await?,
-            ];
+            let mut lines = vec![w3_append::run(ctx, 1).await?];
+            settle().await;
+            lines.push(w3_append::run(ctx, 16).await?);
             if let Some(endpoint) = ctx.sys.echo_endpoint() {
                 lines.push(echo::run(ctx, &endpoint, 16).await?);
             }
@@ -94,10 +94,17 @@ pub async fn run(ctx: &Ctx, workload: Workload) -> Result<Vec<Line>> {
     }
 }
 
+/// Writes every dirty page back before a workload starts, so that none pays for the write-back of
+/// what ran before it (a build, an earlier workload, another system's files).
+async fn settle() {
+    let _ = tokio::task::spawn_blocking(rustix::fs::sync).await;
+}
+
 /// W1 or W2 with 16 clients: the two-call cycle, then the one-call cycle where the system has it.
 async fn cycle_lines(ctx: &Ctx, workload: &'static str, sessions: usize) -> Result<Vec<Line>> {
     let mut lines = vec![w1_cycle::run(ctx, workload, sessions, 16, Cycle::TwoCalls).await?];
     if ctx.sys.has_append_once() {
+        settle().await;
         lines.push(w1_cycle::run(ctx, workload, sessions, 16, Cycle::AppendOnce).await?);
     }
     Ok(lines)
