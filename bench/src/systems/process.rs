@@ -58,7 +58,8 @@ impl Server {
         self.child.id()
     }
 
-    /// Waits for the first output line `pick` maps to a value.
+    /// Waits for the first output line `pick` maps to a value. Once found, later lines go to the
+    /// log file only.
     ///
     /// # Errors
     /// The process exits, or says nothing matching within the readiness bound.
@@ -77,7 +78,12 @@ impl Server {
             None
         };
         let why = match tokio::time::timeout(READY_WAIT, waiting).await {
-            Ok(Some(value)) => return Ok(value),
+            Ok(Some(value)) => {
+                // Nobody reads the channel after readiness: stop it from filling up.
+                self.lines.close();
+                while self.lines.try_recv().is_ok() {}
+                return Ok(value);
+            }
             Ok(None) => "exited before it was ready".to_owned(),
             Err(_) => format!("was not ready within {READY_WAIT:?}"),
         };
