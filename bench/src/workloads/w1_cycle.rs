@@ -64,12 +64,7 @@ pub async fn run(
         .enumerate()
         .map(|(c, conn)| {
             let (names, recorder) = (Arc::clone(&names), recorder.clone());
-            let who = Who {
-                workload,
-                client: c,
-                cycle,
-            };
-            tokio::spawn(cycles(conn, who, names, recorder, deadline))
+            tokio::spawn(cycles(conn, workload, c, cycle, names, recorder, deadline))
         })
         .collect();
     let mut total = Tally::default();
@@ -120,73 +115,57 @@ fn with_fairness(line: Line, per_client: &[u64]) -> Line {
         .with("client_ops_max", max)
 }
 
-/// Which client of which workload, cycling how.
-#[derive(Debug, Clone, Copy)]
-struct Who {
-    workload: &'static str,
-    client: usize,
-    cycle: Cycle,
-}
-
 /// One client's loop until the deadline; stops at its first failure.
 async fn cycles(
     mut conn: Box<dyn Client>,
-    who: Who,
+    workload: &'static str,
+    client: usize,
+    cycle: Cycle,
     names: Arc<Vec<String>>,
     recorder: Recorder,
     deadline: Instant,
 ) -> Tally {
-    let Who {
-        workload, client, ..
-    } = who;
     let mut tally = Tally::default();
     let mut op = 0;
     while Instant::now() < deadline && op < MAX_OPS_PER_CLIENT {
         op += 1;
         let session = &names[fastrand::usize(..names.len())];
-        let t0 = Instant::now();
-        if who.cycle == Cycle::AppendOnce {
-            let lines: Vec<Vec<u8>> = (0..BATCH)
-                .map(|i| payload(workload, client, op, i))
-                .collect();
-            match once_recorded(conn.as_mut(), &recorder, session, lines).await {
-                Ok(()) => {
-                    tally.latency.record(t0.elapsed());
-                    tally.ops += 1;
-                    continue;
-                }
-                Err(e) => {
-                    tally.error(&e);
-                    break;
-                }
-            }
-        }
-        let grant = match bounded("acquire", conn.acquire(session)).await {
-            Ok(grant) => grant,
-            Err(e) => {
-                tally.error(&e);
-                break;
-            }
-        };
         let lines: Vec<Vec<u8>> = (0..BATCH)
             .map(|i| payload(workload, client, op, i))
             .collect();
-        let appended =
-            append_and_release_recorded(conn.as_mut(), &recorder, session, &grant, lines).await;
-        match appended {
+        let t0 = Instant::now();
+        let done = match cycle {
+            Cycle::TwoCalls => two_calls_recorded(conn.as_mut(), &recorder, session, lines).await,
+            Cycle::AppendOnce => once_recorded(conn.as_mut(), &recorder, session, lines).await,
+        };
+        match done {
             Ok(()) => {
                 tally.latency.record(t0.elapsed());
                 tally.ops += 1;
             }
             Err(e) => {
                 tally.error(&e);
-                // Best effort, so the others are not left waiting out the TTL.
-                let _ = bounded("release", conn.release(&grant)).await;
                 break;
             }
         }
     }
     tally
+}
+
+/// Acquire, then append carrying the release; a failed append releases at best effort, so the
+/// other clients are not left waiting out the TTL.
+async fn two_calls_recorded(
+    conn: &mut dyn Client,
+    recorder: &Recorder,
+    session: &str,
+    lines: Vec<Vec<u8>>,
+) -> Result<()> {
+    let grant = bounded("acquire", conn.acquire(session)).await?;
+    let appended = append_and_release_recorded(conn, recorder, session, &grant, lines).await;
+    if appended.is_err() {
+        let _ = bounded("release", conn.release(&grant)).await;
+    }
+    appended
 }
 
 /// One call that acquires, appends and releases, recorded at the batch's place in the session

@@ -502,7 +502,7 @@ fn tamper_check(job: &Job) -> Result<(), CoreError> {
 }
 
 /// How the session file differs from what the server left (`None` if it does not): replaced,
-/// deleted, or a different length. One `lstat`; in-place edits are found by the full check on open.
+/// deleted, or a different length. One `statx`; in-place edits are found by the full check on open.
 ///
 /// The `statx` asks for type, inode and size only. Asking for timestamps (as a full `lstat` does)
 /// makes the kernel give the file fine-grained timestamps on its next write, so every append
