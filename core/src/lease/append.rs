@@ -218,11 +218,8 @@ async fn append_fenced(
         if let Some(key) = once_key {
             st.remember_once(key, (done, args.token));
         }
-        if args.release
-            && let Some((id, _)) = st.leases.get_key_value(args.lease_id.as_str())
-        {
-            let id = id.clone();
-            st.end_lease(&id, EndReason::Released, &mut fx);
+        if args.release {
+            st.end_lease(&args.lease_id, EndReason::Released, &mut fx);
         }
     }
     let _ = inner.events.send(Event {
@@ -262,7 +259,7 @@ fn check_lease(inner: &Arc<Inner>, args: &AppendArgs) -> Result<Checked, CoreErr
         {
             return Ok(Checked::Duplicate(done));
         }
-        let (_, rec) = st.live_lease(&args.lease_id, Instant::now(), &mut fx)?;
+        let rec = st.live_lease(&args.lease_id, Instant::now(), &mut fx)?;
         if rec.resource != args.resource {
             return Err(CoreError::WrongResource {
                 lease_id: args.lease_id.clone(),

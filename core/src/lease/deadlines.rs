@@ -10,22 +10,23 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::Arc;
 
 use tokio::time::Instant;
+
+use super::table::LeaseKey;
 
 /// Stale entries tolerated beyond the live leases before the heap is rebuilt.
 const SLACK: usize = 1024;
 
 #[derive(Default)]
 pub(super) struct Deadlines {
-    heap: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+    heap: BinaryHeap<Reverse<(Instant, LeaseKey)>>,
 }
 
 impl Deadlines {
     /// Schedules `id` at `deadline`; true if that is now the earliest entry (the expiry task must
     /// be told).
-    pub fn schedule(&mut self, deadline: Instant, id: Arc<str>) -> bool {
+    pub fn schedule(&mut self, deadline: Instant, id: LeaseKey) -> bool {
         let earliest = self.next().is_none_or(|d| deadline < d);
         self.heap.push(Reverse((deadline, id)));
         earliest
@@ -37,21 +38,21 @@ impl Deadlines {
     }
 
     /// The earliest entry.
-    pub fn peek(&self) -> Option<(Instant, &Arc<str>)> {
-        self.heap.peek().map(|Reverse((d, id))| (*d, id))
+    pub fn peek(&self) -> Option<(Instant, LeaseKey)> {
+        self.heap.peek().map(|Reverse((d, id))| (*d, *id))
     }
 
     /// Takes the earliest entry.
-    pub fn pop(&mut self) -> Option<Arc<str>> {
+    pub fn pop(&mut self) -> Option<LeaseKey> {
         self.heap.pop().map(|Reverse((_, id))| id)
     }
 
     /// Rebuilds the heap from the live leases if stale entries outnumber them.
-    pub fn compact<'a>(&mut self, live: impl ExactSizeIterator<Item = (Instant, &'a Arc<str>)>) {
+    pub fn compact(&mut self, live: impl ExactSizeIterator<Item = (Instant, LeaseKey)>) {
         if self.heap.len() <= 2 * live.len() + SLACK {
             return;
         }
-        self.heap = live.map(|(d, id)| Reverse((d, id.clone()))).collect();
+        self.heap = live.map(Reverse).collect();
     }
 
     #[cfg(test)]
@@ -70,16 +71,14 @@ mod tests {
     fn entries_come_due_in_deadline_order_and_the_earliest_is_reported() {
         let t0 = Instant::now();
         let mut d = Deadlines::default();
-        assert!(d.schedule(t0 + Duration::from_secs(5), "b".into()));
-        assert!(!d.schedule(t0 + Duration::from_secs(9), "c".into()));
-        assert!(d.schedule(t0 + Duration::from_secs(1), "a".into()));
+        let [a, b, c] = [1, 2, 3].map(LeaseKey);
+        assert!(d.schedule(t0 + Duration::from_secs(5), b));
+        assert!(!d.schedule(t0 + Duration::from_secs(9), c));
+        assert!(d.schedule(t0 + Duration::from_secs(1), a));
         assert_eq!(d.next(), Some(t0 + Duration::from_secs(1)));
-        assert_eq!(
-            d.peek(),
-            Some((t0 + Duration::from_secs(1), &Arc::from("a")))
-        );
+        assert_eq!(d.peek(), Some((t0 + Duration::from_secs(1), a)));
         let order: Vec<_> = std::iter::from_fn(|| d.pop()).collect();
-        assert_eq!(order, vec![Arc::from("a"), Arc::from("b"), Arc::from("c")]);
+        assert_eq!(order, vec![a, b, c]);
         assert_eq!(d.next(), None);
     }
 
@@ -87,16 +86,16 @@ mod tests {
     fn compaction_keeps_only_live_leases_once_stale_entries_pile_up() {
         let t0 = Instant::now();
         let mut d = Deadlines::default();
-        let ids: Vec<Arc<str>> = (0..3000).map(|i| Arc::from(format!("l{i}"))).collect();
+        let ids: Vec<LeaseKey> = (0..3000).map(LeaseKey).collect();
         for id in &ids {
-            d.schedule(t0 + Duration::from_secs(60), id.clone());
+            d.schedule(t0 + Duration::from_secs(60), *id);
         }
-        let live = [(t0 + Duration::from_secs(70), &ids[7])];
+        let live = [(t0 + Duration::from_secs(70), ids[7])];
         d.compact(live.iter().copied());
         assert_eq!(d.len(), 1);
         assert_eq!(d.next(), Some(t0 + Duration::from_secs(70)));
         // Below the slack nothing is rebuilt.
-        d.schedule(t0, ids[1].clone());
+        d.schedule(t0, ids[1]);
         d.compact(live.iter().copied());
         assert_eq!(d.len(), 2);
     }

@@ -28,21 +28,22 @@ pub(super) async fn run(inner: Arc<Inner>) {
             }
             let now = Instant::now();
             let mut budget = CHUNK;
-            while let Some((at, id)) = st.deadlines.peek() {
-                let id = id.clone();
-                match st.leases.get(&id).map(|rec| rec.deadline) {
+            while let Some((at, key)) = st.deadlines.peek() {
+                match st.leases.by_key(key).map(|rec| (rec.deadline, &rec.id)) {
                     // Ended already.
                     None => {
                         st.deadlines.pop();
                     }
-                    Some(deadline) if deadline <= now => {
+                    Some((deadline, id)) if deadline <= now => {
+                        let id = id.clone();
                         st.deadlines.pop();
-                        tracing::info!(lease_id = %id, "lease expired");
+                        let late_us = now.saturating_duration_since(deadline).as_micros();
+                        tracing::info!(lease_id = %id, late_us, "lease expired");
                         st.end_lease(&id, EndReason::Expired, &mut fx);
                     }
-                    Some(renewed) if renewed > at => {
+                    Some((renewed, _)) if renewed > at => {
                         st.deadlines.pop();
-                        st.deadlines.schedule(renewed, id);
+                        st.deadlines.schedule(renewed, key);
                     }
                     // A real deadline, still ahead.
                     Some(_) => break,

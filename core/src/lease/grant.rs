@@ -6,6 +6,7 @@ use tokio::time::Instant;
 
 use super::Inner;
 use super::state::{Effects, Holder, LeaseRec, Waiter};
+use super::table::LeaseKey;
 use super::types::{EndReason, Event, EventKind, Grant};
 use crate::error::CoreError;
 use crate::model::now_unix_micros;
@@ -53,8 +54,9 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
                 st.pump(&resource, &mut fx);
             }
             Ok((log, token)) => {
-                let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
+                let (key, id) = LeaseKey::mint();
                 let rec = LeaseRec {
+                    id: id.clone(),
                     resource: resource.clone(),
                     token,
                     owner: waiter.owner.clone(),
@@ -70,11 +72,11 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
                         .insert((waiter.owner.client_id.clone(), key.clone()), id.clone());
                 }
                 let grant = Grant {
-                    lease: rec.view(&id, now),
+                    lease: rec.view(now),
                     head: log.head(),
                 };
-                st.leases.insert(id.clone(), rec);
-                let earliest = st.schedule_expiry(&id, deadline);
+                st.leases.insert(key, rec);
+                let earliest = st.schedule_expiry(key, deadline);
                 let res = st
                     .resources
                     .get_mut(&resource)
@@ -92,6 +94,7 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
                     head: Some(grant.head),
                     time_unix_micros: now_unix_micros(),
                 });
+                tracing::debug!(resource = %resource, lease_id = %id, token, "lease granted");
                 if earliest {
                     inner.expiry.notify_one();
                 }

@@ -10,6 +10,7 @@ mod expiry;
 mod grant;
 mod scan;
 mod state;
+mod table;
 mod types;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -193,7 +194,7 @@ impl Core {
         let result = {
             let mut st = self.inner.lock();
             match st.live_lease(lease_id, now, &mut fx) {
-                Ok((_, rec)) => {
+                Ok(rec) => {
                     if let Some(r) = resource.filter(|r| **r != rec.resource) {
                         Err(wrong_resource(lease_id, &rec.resource, r))
                     } else {
@@ -229,7 +230,7 @@ impl Core {
             lease_ids
                 .iter()
                 .map(|id| match st.live_lease(id.as_ref(), now, &mut fx) {
-                    Ok((_, rec)) => {
+                    Ok(rec) => {
                         if let Some(tx) = loss {
                             rec.watch_loss(tx);
                         }
@@ -271,10 +272,11 @@ impl Core {
         let result = {
             let mut st = self.inner.lock();
             match st.live_lease(lease_id, now, &mut fx) {
-                Ok((id, rec)) if rec.resource != *resource => {
-                    Err(wrong_resource(&id, &rec.resource, resource))
+                Ok(rec) if rec.resource != *resource => {
+                    Err(wrong_resource(lease_id, &rec.resource, resource))
                 }
-                Ok((id, _)) => {
+                Ok(rec) => {
+                    let id = rec.id.clone();
                     st.end_lease(&id, EndReason::Released, &mut fx);
                     Ok(ReleaseOutcome::Released(id))
                 }
@@ -387,7 +389,7 @@ impl Core {
             match st.resources.get(resource) {
                 Some(res) => {
                     let holder = match &res.holder {
-                        Holder::Held(id) => st.leases.get(id).map(|l| l.view(id, now)),
+                        Holder::Held(id) => st.leases.get(id).map(|l| l.view(now)),
                         _ => None,
                     };
                     (holder, res.token, res.queue.len(), res.log.clone())
@@ -419,7 +421,7 @@ impl Core {
             .leases
             .iter()
             .filter(|(_, l)| l.resource.has_prefix(prefix) && l.deadline > now)
-            .map(|(id, l)| l.view(id, now))
+            .map(|(_, l)| l.view(now))
             .collect();
         out.sort_by(|a, b| a.resource.cmp(&b.resource));
         out
@@ -461,7 +463,7 @@ fn existing_grant(st: &mut State, args: &AcquireArgs) -> Option<Grant> {
         .leases
         .get(&id)
         .filter(|l| l.deadline > now && l.resource == args.resource)?;
-    let view = rec.view(&id, now);
+    let view = rec.view(now);
     let head = st
         .resources
         .get(&args.resource)

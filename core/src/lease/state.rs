@@ -11,6 +11,7 @@ use tokio::sync::{Mutex as AsyncMutex, oneshot};
 use tokio::time::Instant;
 
 use super::deadlines::Deadlines;
+use super::table::{LeaseKey, Leases};
 use super::types::{Appended, EndReason, Event, EventKind, Grant, LeaseView, LossSender};
 use crate::error::CoreError;
 use crate::model::{Owner, now_unix_micros};
@@ -59,6 +60,8 @@ impl Default for Res {
 }
 
 pub(super) struct LeaseRec {
+    /// The id's text, as clients see it (the table keys the lease by its value).
+    pub id: Arc<str>,
     pub resource: ResourceName,
     pub token: u64,
     pub owner: Arc<Owner>,
@@ -86,9 +89,9 @@ impl LeaseRec {
         self.ttl
     }
 
-    pub fn view(&self, id: &Arc<str>, now: Instant) -> LeaseView {
+    pub fn view(&self, now: Instant) -> LeaseView {
         LeaseView {
-            lease_id: id.clone(),
+            lease_id: self.id.clone(),
             resource: self.resource.clone(),
             token: self.token,
             ttl: self.ttl,
@@ -116,7 +119,7 @@ pub(super) struct Ended {
 #[derive(Default)]
 pub(super) struct State {
     pub resources: HashMap<ResourceName, Res>,
-    pub leases: HashMap<Arc<str>, LeaseRec>,
+    pub leases: Leases,
     pub ended: HashMap<Arc<str>, Ended>,
     ended_order: VecDeque<Arc<str>>,
     pub deadlines: Deadlines,
@@ -142,18 +145,15 @@ impl State {
         id: &str,
         now: Instant,
         fx: &mut Effects,
-    ) -> Result<(Arc<str>, &mut LeaseRec), CoreError> {
-        let Some((key, rec)) = self.leases.get_key_value(id) else {
-            return Err(self.ended_error(id));
-        };
-        if rec.deadline <= now {
-            let key = key.clone();
-            self.end_lease(&key, EndReason::Expired, fx);
-            return Err(self.ended_error(id));
+    ) -> Result<&mut LeaseRec, CoreError> {
+        match self.leases.get(id).map(|rec| rec.deadline) {
+            None => Err(self.ended_error(id)),
+            Some(deadline) if deadline <= now => {
+                self.end_lease(id, EndReason::Expired, fx);
+                Err(self.ended_error(id))
+            }
+            Some(_) => Ok(self.leases.get_mut(id).expect("present")),
         }
-        let key = key.clone();
-        let rec = self.leases.get_mut(id).expect("present");
-        Ok((key, rec))
     }
 
     pub fn ended_error(&self, id: &str) -> CoreError {
@@ -170,10 +170,11 @@ impl State {
     }
 
     /// Ends a live lease, frees its resource and hands it to the next waiter.
-    pub fn end_lease(&mut self, id: &Arc<str>, reason: EndReason, fx: &mut Effects) {
+    pub fn end_lease(&mut self, id: &str, reason: EndReason, fx: &mut Effects) {
         let Some(rec) = self.leases.remove(id) else {
             return;
         };
+        let id = &rec.id;
         if let Some(key) = &rec.idempotency_key {
             let k = (rec.owner.client_id.clone(), key.clone());
             // The same key may have been reused for a newer lease: only drop our own mapping.
@@ -191,7 +192,7 @@ impl State {
             Ended {
                 reason,
                 resource: rec.resource.clone(),
-                appends: rec.appends.clone(),
+                appends: rec.appends,
             },
         );
         self.ended_order.push_back(id.clone());
@@ -281,10 +282,10 @@ impl State {
     }
 
     /// Schedules a new lease's expiry; true if it is the earliest (the expiry task must be told).
-    pub fn schedule_expiry(&mut self, id: &Arc<str>, deadline: Instant) -> bool {
-        let earliest = self.deadlines.schedule(deadline, id.clone());
+    pub fn schedule_expiry(&mut self, key: LeaseKey, deadline: Instant) -> bool {
+        let earliest = self.deadlines.schedule(deadline, key);
         self.deadlines
-            .compact(self.leases.iter().map(|(id, rec)| (rec.deadline, id)));
+            .compact(self.leases.iter().map(|(key, rec)| (rec.deadline, key)));
         earliest
     }
 }
