@@ -1,13 +1,14 @@
 //! W5: scale. First every one of `--w5-sessions` (100,000) sessions is touched once (acquire,
 //! 1 append, release) over 100 connections; then 10,000 leases are held at once and kept alive for
-//! `--w5-hold` by 100 connections, each with ONE keepalive stream carrying its 100 leases.
+//! `--w5-hold` by 100 connections, each with ONE keepalive stream carrying its 100 leases and
+//! renewing them every 2 s on its own schedule.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Barrier, mpsc, watch};
 
 use super::{Ctx, Tally, append_and_release_recorded, bounded, join_all, payload, w4_safety};
 use crate::history::Recorder;
@@ -138,15 +139,21 @@ async fn hold_all(ctx: &Ctx, names: &[String], recorder: &Recorder) -> Result<Ho
     let per = names.len().div_ceil(CONNS).max(1);
     let (ready_tx, mut ready) = mpsc::channel(CONNS);
     let (stop_tx, stop) = watch::channel(false);
+    let pairs: Vec<_> = conns.into_iter().zip(names.chunks(per)).collect();
+    let renewed = Arc::new(Barrier::new(pairs.len()));
     let mut tasks = Vec::with_capacity(CONNS);
-    for (conn, chunk) in conns.into_iter().zip(names.chunks(per)) {
-        let args = (
+    for (conn, chunk) in pairs {
+        let signals = Signals {
+            ready: ready_tx.clone(),
+            stop: stop.clone(),
+            renewed: renewed.clone(),
+        };
+        tasks.push(tokio::spawn(keep(
+            conn,
             chunk.to_vec(),
             recorder.clone(),
-            ready_tx.clone(),
-            stop.clone(),
-        );
-        tasks.push(tokio::spawn(keep(conn, args.0, args.1, args.2, args.3)));
+            signals,
+        )));
     }
     drop(ready_tx);
     // Every task reports once, held or failed; a closed channel means they all have.
@@ -179,14 +186,29 @@ async fn hold_all(ctx: &Ctx, names: &[String], recorder: &Recorder) -> Result<Ho
     })
 }
 
+/// How the phase-2 connections and their driver signal each other.
+struct Signals {
+    /// Each connection says how many leases it holds, once.
+    ready: mpsc::Sender<usize>,
+    /// Set when the hold is over.
+    stop: watch::Receiver<bool>,
+    /// Every connection has made its last renewal: only then do they release, so that no
+    /// renewal is measured against the release traffic of the others.
+    renewed: Arc<Barrier>,
+}
+
 /// One connection of phase 2; returns its keepalive tally and how many of its leases were lost.
 async fn keep(
     mut conn: Box<dyn Client>,
     sessions: Vec<String>,
     recorder: Recorder,
-    ready: mpsc::Sender<usize>,
-    mut stop: watch::Receiver<bool>,
+    signals: Signals,
 ) -> (Tally, usize) {
+    let Signals {
+        ready,
+        stop,
+        renewed,
+    } = signals;
     let mut tally = Tally::default();
     let mut grants: Vec<Grant> = Vec::with_capacity(sessions.len());
     for session in &sessions {
@@ -213,12 +235,15 @@ async fn keep(
     let mut lost: HashSet<String> = HashSet::new();
     let mut latency = Latency::default();
     if let Some(stream) = stream.as_mut() {
+        // Each connection renews on its own fixed schedule, also once the hold is over: its next
+        // renewal after the stop is its last, and counts the leases that did not survive. (Renewing
+        // at the stop itself would fire all 100 connections at once, a burst the workload never
+        // has, and that burst would be most of the latency tail.)
+        let mut next = tokio::time::Instant::now() + RENEW_EVERY;
         loop {
-            let stopping = tokio::select! {
-                _ = stop.changed() => true,
-                () = tokio::time::sleep(RENEW_EVERY) => false,
-            };
-            // A last round after the stop counts the leases that did not survive.
+            tokio::time::sleep_until(next).await;
+            next += RENEW_EVERY;
+            let stopping = *stop.borrow();
             let t0 = Instant::now();
             match bounded("keepalive", stream.renew(&grants)).await {
                 Ok(gone) => {
@@ -236,6 +261,7 @@ async fn keep(
         }
     }
     tally.latency = latency;
+    renewed.wait().await;
     for grant in grants.iter().filter(|g| !lost.contains(&g.id)) {
         if let Err(e) = bounded("release", conn.release(grant)).await {
             tally.error(&e);
