@@ -68,8 +68,7 @@ impl EmbeddedStore {
             .create(true)
             .truncate(false)
             .open(&wal_path)?;
-        let mut bytes = Vec::new();
-        wal.read_to_end(&mut bytes)?;
+        let mut bytes = wal::read_used(&mut wal)?;
         // Canary runs of the crash tests switch recovery off to prove their checks can fail.
         let skip_replay = (|| {
             fail::fail_point!("skip-replay", |_| true);

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -203,6 +203,46 @@ pub fn decode(bytes: &[u8]) -> Result<Contents<'_>, String> {
         records,
     })
 }
+
+/// Reads the WAL file from the start as far as [`decode`] will look: the header and the current
+/// generation's records, up to the first frame that is torn, stale or never written. The rest of
+/// the file (zeros, or older generations' records) stays unread, so a start does not hold a whole
+/// preallocated WAL in memory.
+///
+/// # Errors
+/// Reading the file failed.
+pub fn read_used(file: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut eof = false;
+    // Reads until `bytes` holds `len` bytes (in steps of at least `READ_STEP`) or the file ends.
+    let mut fill = |bytes: &mut Vec<u8>, len: usize| -> io::Result<bool> {
+        while bytes.len() < len && !eof {
+            let want = (len - bytes.len()).max(READ_STEP) as u64;
+            eof = file.by_ref().take(want).read_to_end(bytes)? == 0;
+        }
+        Ok(bytes.len() >= len)
+    };
+    let header = usize::try_from(HEADER_BYTES).unwrap_or(usize::MAX);
+    fill(&mut bytes, header)?;
+    let generation = read_header(&bytes);
+    let mut at = header;
+    loop {
+        if !fill(&mut bytes, at + FRAME_HEAD)? {
+            break;
+        }
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        fill(&mut bytes, at + FRAME_HEAD + len)?;
+        match next_frame(&bytes[at..], generation) {
+            // Without a header, decoding looks at the first frame only.
+            Some((_, used)) if generation.is_some() => at += used,
+            _ => break,
+        }
+    }
+    Ok(bytes)
+}
+
+/// How much more of the WAL [`read_used`] reads at a time.
+const READ_STEP: usize = 1 << 20;
 
 /// The frame at the start of `bytes`, if it is whole, checks out, and is of `generation` (any
 /// generation if `None`); with its length.
@@ -611,6 +651,45 @@ mod tests {
         let mut flipped = file(3, &[a, b], &[]);
         flipped[HEADER_BYTES as usize + 20] ^= 1;
         assert_eq!(decode(&flipped).unwrap().records.len(), 0);
+    }
+
+    #[test]
+    fn start_up_reads_only_as_far_as_decoding_looks() {
+        let records: Vec<_> = (0..3).map(|i| record(7, i, b"{}\n")).collect();
+        let zeros = vec![0; 3 * READ_STEP];
+        let preallocated = file(7, &records, &zeros);
+        let read = read_used(&mut io::Cursor::new(&preallocated)).unwrap();
+        assert!(
+            read.len() <= HEADER_BYTES as usize + READ_STEP,
+            "{}",
+            read.len()
+        );
+        assert_eq!(decode(&read).unwrap().records.len(), 3);
+
+        // A record longer than a read step is read whole; a torn one ends the reading.
+        let big = record(7, 3, &vec![b'x'; 2 * READ_STEP]);
+        let torn = &record(7, 4, b"{}\n")[..12];
+        let mut bytes = file(7, &[records[0].clone(), big], torn);
+        bytes.extend(&zeros);
+        let read = read_used(&mut io::Cursor::new(&bytes)).unwrap();
+        assert_eq!(decode(&read).unwrap().records.len(), 2);
+
+        // A damaged header with a record after it is still seen as such.
+        let mut damaged = file(7, &records, &[]);
+        damaged[SLOT_BYTES as usize] ^= 1; // generation 7 is in the odd slot
+        let read = read_used(&mut io::Cursor::new(&damaged)).unwrap();
+        assert!(decode(&read).is_err());
+
+        // A short or empty file is read whole.
+        assert!(
+            read_used(&mut io::Cursor::new(&[] as &[u8]))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            read_used(&mut io::Cursor::new(&[1u8; 10])).unwrap(),
+            [1u8; 10]
+        );
     }
 
     #[test]
