@@ -239,10 +239,12 @@ async fn keep(
         // renewal after the stop is its last, and counts the leases that did not survive. (Renewing
         // at the stop itself would fire all 100 connections at once, a burst the workload never
         // has, and that burst would be most of the latency tail.)
-        let mut next = tokio::time::Instant::now() + RENEW_EVERY;
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+        // After a renewal slower than the period, the next waits a whole period (no catch-up burst).
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::time::sleep_until(next).await;
-            next += RENEW_EVERY;
+            tick.tick().await;
             let stopping = *stop.borrow();
             let t0 = Instant::now();
             match bounded("keepalive", stream.renew(&grants)).await {
@@ -261,7 +263,9 @@ async fn keep(
         }
     }
     tally.latency = latency;
-    renewed.wait().await;
+    // Bounded, so that a connection that never gets here (a panicked task) holds nobody up for
+    // long; the leases' TTL outlasts the wait.
+    let _ = tokio::time::timeout(2 * RENEW_EVERY, renewed.wait()).await;
     for grant in grants.iter().filter(|g| !lost.contains(&g.id)) {
         if let Err(e) = bounded("release", conn.release(grant)).await {
             tally.error(&e);

@@ -38,9 +38,10 @@ use crate::resource::ResourceName;
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// The WAL's size from the writer's start: a generation's records plus room for the group that
 /// crosses the checkpoint threshold, zero-filled and synced before the first append (about 0.1 s,
-/// once per data dir). Growing it on demand instead put the zero-fill into commits (2-5 ms each
-/// for 4 MiB steps) all through the first 64 MiB a new server took: W1's p99 on a fresh server
-/// was 6.2 ms, against 3.1-3.9 ms on one whose WAL had grown.
+/// once per data dir, or on the first start with a smaller WAL). Growing it on demand instead put
+/// the zero-fill into commits (2-5 ms each for 4 MiB steps) all through the first 64 MiB a new
+/// server took: W1's p99 on a fresh server was 6.2 ms, against 3.1-3.9 ms on one whose WAL had
+/// grown.
 const PREALLOCATED: u64 = CHECKPOINT_BYTES + GROW_BYTES;
 /// Zero-filled space the writer adds at a time when a group runs past the allocated space.
 const GROW_BYTES: u64 = 4 << 20;
@@ -162,7 +163,7 @@ pub struct Record<'a> {
     pub data: &'a [u8],
 }
 
-/// The current generation's records, decoded from the whole WAL file.
+/// The current generation's records, decoded from the WAL file (or the part [`read_used`] read).
 #[derive(Debug)]
 pub struct Contents<'a> {
     /// The generation the header names (0 for a new, empty WAL).
@@ -227,11 +228,21 @@ pub fn read_used(file: &mut impl Read) -> io::Result<Vec<u8>> {
     let generation = read_header(&bytes);
     let mut at = header;
     loop {
-        if !fill(&mut bytes, at + FRAME_HEAD)? {
+        // Length, CRC and generation first: past the current generation's last record the bytes
+        // are usually the middle of an older record, whose "length" may be anything; a frame that
+        // is not of the current generation is not read on.
+        if !fill(&mut bytes, at + FRAME_HEAD + 8)? {
             break;
         }
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        fill(&mut bytes, at + FRAME_HEAD + len)?;
+        let of = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().expect("8 bytes"));
+        if len < 8 || generation.is_some_and(|g| g != of) {
+            break;
+        }
+        fill(
+            &mut bytes,
+            at.saturating_add(FRAME_HEAD).saturating_add(len),
+        )?;
         match next_frame(&bytes[at..], generation) {
             // Without a header, decoding looks at the first frame only.
             Some((_, used)) if generation.is_some() => at += used,
@@ -525,9 +536,11 @@ impl Writer {
             return Ok(());
         }
         let target = end.div_ceil(GROW_BYTES) * GROW_BYTES;
-        let zeros = vec![0; usize::try_from(target - self.allocated).unwrap_or(usize::MAX)];
-        self.wal.write_all_at(&zeros, self.allocated)?;
-        self.allocated = target;
+        let zeros = vec![0; usize::try_from(GROW_BYTES).unwrap_or(usize::MAX)];
+        while self.allocated < target {
+            self.wal.write_all_at(&zeros, self.allocated)?;
+            self.allocated += GROW_BYTES;
+        }
         Ok(())
     }
 }
@@ -673,6 +686,19 @@ mod tests {
         bytes.extend(&zeros);
         let read = read_used(&mut io::Cursor::new(&bytes)).unwrap();
         assert_eq!(decode(&read).unwrap().records.len(), 2);
+
+        // Past the last record, the middle of an older generation's record is not read on, even
+        // where its bytes say "a long frame follows".
+        let older = record(6, 0, &vec![0xff; 2 * READ_STEP]);
+        let mut bytes = file(7, &records, &older[40..]);
+        bytes.extend(&zeros);
+        let read = read_used(&mut io::Cursor::new(&bytes)).unwrap();
+        assert!(
+            read.len() <= HEADER_BYTES as usize + READ_STEP,
+            "{}",
+            read.len()
+        );
+        assert_eq!(decode(&read).unwrap().records.len(), 3);
 
         // A damaged header with a record after it is still seen as such.
         let mut damaged = file(7, &records, &[]);
