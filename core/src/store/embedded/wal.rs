@@ -8,10 +8,10 @@
 //!
 //! The file is reused, never truncated: records overwrite space that is already allocated (zeros
 //! written when the writer starts, [`PREALLOCATED`] bytes: a whole generation), so a commit's
-//! `fdatasync` writes data blocks only, with no file-size change for the journal to commit. A header block
-//! holds the current generation in two checksummed slots (a torn header write leaves the other);
-//! every record carries its generation and a CRC, and decoding stops at the first record that is
-//! torn, stale (an older generation) or never written.
+//! `fdatasync` writes data blocks only, with no file-size change for the journal to commit. A
+//! header block holds the current generation in two checksummed slots (a torn header write leaves
+//! the other); every record carries its generation and a CRC, and decoding stops at the first
+//! record that is torn, stale (an older generation) or never written.
 //!
 //! Named failpoints (cargo feature `failpoints`, set with `FAILPOINTS=name=return`, tests only)
 //! sit at each durability boundary: `wal-write`, `wal-written`, `wal-sync`, `wal-synced`,
@@ -231,11 +231,10 @@ pub fn read_used(file: &mut impl Read) -> io::Result<Vec<u8>> {
         // Length, CRC and generation first: past the current generation's last record the bytes
         // are usually the middle of an older record, whose "length" may be anything; a frame that
         // is not of the current generation is not read on.
-        if !fill(&mut bytes, at + FRAME_HEAD + 8)? {
+        fill(&mut bytes, at + FRAME_HEAD + 8)?;
+        let Some((len, of)) = bytes.get(at..).and_then(frame_head) else {
             break;
-        }
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let of = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().expect("8 bytes"));
+        };
         if len < 8 || generation.is_some_and(|g| g != of) {
             break;
         }
@@ -255,17 +254,22 @@ pub fn read_used(file: &mut impl Read) -> io::Result<Vec<u8>> {
 /// How much more of the WAL [`read_used`] reads at a time.
 const READ_STEP: usize = 1 << 20;
 
+/// The length field and the generation of the frame at the start of `bytes` (unchecked), if its
+/// first 16 bytes are there.
+fn frame_head(bytes: &[u8]) -> Option<(usize, u64)> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let generation = u64::from_le_bytes(bytes.get(FRAME_HEAD..FRAME_HEAD + 8)?.try_into().ok()?);
+    Some((len, generation))
+}
+
 /// The frame at the start of `bytes`, if it is whole, checks out, and is of `generation` (any
 /// generation if `None`); with its length.
 fn next_frame(bytes: &[u8], generation: Option<u64>) -> Option<(Record<'_>, usize)> {
-    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let (len, record_generation) = frame_head(bytes)?;
     let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
     let body = bytes.get(FRAME_HEAD..FRAME_HEAD + len)?;
-    if len < 8 || crc32fast::hash(body) != crc {
-        return None;
-    }
-    let record_generation = u64::from_le_bytes(body[..8].try_into().ok()?);
-    if generation.is_some_and(|g| g != record_generation) {
+    if len < 8 || crc32fast::hash(body) != crc || generation.is_some_and(|g| g != record_generation)
+    {
         return None;
     }
     let payload = &body[8..];
@@ -668,16 +672,16 @@ mod tests {
 
     #[test]
     fn start_up_reads_only_as_far_as_decoding_looks() {
+        // Reads `bytes`, checks it stopped within a step of the three records, and decodes them.
+        let three_records_read = |bytes: &[u8]| {
+            let read = read_used(&mut io::Cursor::new(bytes)).unwrap();
+            let most = HEADER_BYTES as usize + READ_STEP;
+            assert!(read.len() <= most, "{} > {most}", read.len());
+            assert_eq!(decode(&read).unwrap().records.len(), 3);
+        };
         let records: Vec<_> = (0..3).map(|i| record(7, i, b"{}\n")).collect();
         let zeros = vec![0; 3 * READ_STEP];
-        let preallocated = file(7, &records, &zeros);
-        let read = read_used(&mut io::Cursor::new(&preallocated)).unwrap();
-        assert!(
-            read.len() <= HEADER_BYTES as usize + READ_STEP,
-            "{}",
-            read.len()
-        );
-        assert_eq!(decode(&read).unwrap().records.len(), 3);
+        three_records_read(&file(7, &records, &zeros));
 
         // A record longer than a read step is read whole; a torn one ends the reading.
         let big = record(7, 3, &vec![b'x'; 2 * READ_STEP]);
@@ -692,13 +696,7 @@ mod tests {
         let older = record(6, 0, &vec![0xff; 2 * READ_STEP]);
         let mut bytes = file(7, &records, &older[40..]);
         bytes.extend(&zeros);
-        let read = read_used(&mut io::Cursor::new(&bytes)).unwrap();
-        assert!(
-            read.len() <= HEADER_BYTES as usize + READ_STEP,
-            "{}",
-            read.len()
-        );
-        assert_eq!(decode(&read).unwrap().records.len(), 3);
+        three_records_read(&bytes);
 
         // A damaged header with a record after it is still seen as such.
         let mut damaged = file(7, &records, &[]);
