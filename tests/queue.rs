@@ -10,6 +10,7 @@ use common::rpc::*;
 use common::*;
 use fencepost as proto;
 use proto::v1::ReleaseOutcome;
+use tonic::Code;
 
 #[tokio::test]
 async fn waiters_are_granted_in_fifo_order_with_increasing_tokens() {
@@ -206,4 +207,60 @@ async fn concurrent_client_processes_hold_the_lease_one_at_a_time() {
     }
     let file = jsonl(entries.iter().map(|e| &e.data));
     assert_eq!(server.file_bytes(R), file);
+}
+
+#[tokio::test]
+async fn append_and_release_hands_the_lease_on_while_its_batch_is_made_durable() {
+    const R: &str = "queue/handover.jsonl";
+    // Every WAL fsync takes a second, so the order of what follows is plain to see.
+    let server = Server::start(ServerOpts::default().failpoints("wal-sync=sleep(1000)"));
+    let mut c = server.grpc().await;
+    let holder = acquire(&mut c, R, 30_000).await;
+    let waiter = spawn_acquire(&c, R, owner("next"), 30_000, 60_000);
+    wait_for_waiters(&c, R, 1).await;
+
+    let mut a = c.clone();
+    let released = tokio::spawn({
+        let holder = holder.clone();
+        async move {
+            a.append(proto::v1::AppendRequest {
+                resource: holder.resource.clone(),
+                lease_id: holder.lease_id.clone(),
+                token: holder.token,
+                entries: vec![br#"{"n":1}"#.to_vec(), br#"{"n":2}"#.to_vec()],
+                release: true,
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+        }
+    });
+    let granted = waiter.await.expect("waiter task").expect("granted");
+    // The waiter got the lease while the holder's batch was still being made durable...
+    assert!(
+        !released.is_finished(),
+        "the append was answered before the next waiter was granted"
+    );
+    let next = granted.lease.expect("lease");
+    assert!(next.token > holder.token);
+    // ...and its grant's head already counts that batch.
+    let head = granted.head.expect("head");
+    assert_eq!((head.next_seq, head.epoch), (3, 1));
+
+    // A read waits for the batch, and the holder is answered once it is durable.
+    let seen = read_all(&mut c, R).await;
+    assert_eq!(seen.len(), 2);
+    let appended = released.await.expect("append task").expect("appended");
+    assert_eq!((appended.first_seq, appended.last_seq), (1, 2));
+    // The old token is fenced off; the new holder appends after the batch.
+    let stale = append(&mut c, &holder, &[r#"{"late":true}"#]).await;
+    assert_rejected(stale, Code::FailedPrecondition, "LEASE_RELEASED");
+    let after = append(&mut c, &next, &[r#"{"n":3}"#])
+        .await
+        .expect("append");
+    assert_eq!(after.first_seq, 3);
+    assert_eq!(
+        server.file_bytes(R),
+        jsonl([r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#])
+    );
 }

@@ -74,11 +74,14 @@ impl Core {
             .request_id
             .as_ref()
             .map(|r| (args.owner.client_id.clone(), r.clone()));
-        if let Some(done) = key
+        if let Some((done, token)) = key
             .as_ref()
             .and_then(|k| self.inner.lock().once.get(k).copied())
         {
-            return Ok(done);
+            return Ok((
+                when_durable(&self.inner, &args.resource, done).await?,
+                token,
+            ));
         }
         let grant = self
             .acquire(AcquireArgs {
@@ -91,12 +94,15 @@ impl Core {
             .await?;
         // A retry that queued behind the original finds its result here, after the original
         // released the lease.
-        if let Some(done) = key
+        if let Some((done, token)) = key
             .as_ref()
             .and_then(|k| self.inner.lock().once.get(k).copied())
         {
             let _ = self.release(&args.resource, &grant.lease.lease_id);
-            return Ok(done);
+            return Ok((
+                when_durable(&self.inner, &args.resource, done).await?,
+                token,
+            ));
         }
         let core = self.clone();
         // Spawned so the lease is released even if the caller goes away mid-append.
@@ -141,16 +147,9 @@ impl Core {
         from: ReadFrom,
         limit: usize,
     ) -> Result<Vec<StoredEntry>, CoreError> {
-        let cached = self
-            .inner
-            .lock()
-            .resources
-            .get(resource)
-            .and_then(|r| r.log.clone());
-        let log = match cached {
-            Some(log) => log,
-            None => self.inner.store.open(resource).await?,
-        };
+        let log = self.inner.log(resource).await?;
+        // A read sees every batch appended before it, once durable.
+        log.settled().await;
         let from_seq = match from {
             ReadFrom::Seq(seq) => seq.max(1),
             ReadFrom::Epoch(epoch) => log.first_seq_at_epoch(epoch),
@@ -172,7 +171,7 @@ async fn append_fenced(
     let Some(gate) = gate else {
         // No live lease can cover a resource without state; say precisely why.
         return match check_lease(&inner, &args) {
-            Ok(Checked::Duplicate(done)) => Ok(done),
+            Ok(Checked::Duplicate(done)) => when_durable(&inner, &args.resource, done).await,
             Ok(Checked::Fresh(..)) => Err(inner.lock().ended_error(&args.lease_id)),
             Err(e) => Err(e),
         };
@@ -180,7 +179,10 @@ async fn append_fenced(
     let gate = gate.lock_owned().await;
     let (log, owner) = match check_lease(&inner, &args)? {
         Checked::Fresh(log, owner) => (log, owner),
-        Checked::Duplicate(done) => return Ok(done),
+        Checked::Duplicate(done) => {
+            drop(gate);
+            return when_durable(&inner, &args.resource, done).await;
+        }
     };
     let head = log.head();
     if let Some(expected) = args.expected_epoch
@@ -210,17 +212,32 @@ async fn append_fenced(
     let mut fx = Effects::default();
     {
         let mut st = inner.lock();
-        if let (Some(request_id), Some(rec)) =
-            (args.request_id, st.leases.get_mut(args.lease_id.as_str()))
-        {
+        if let (Some(request_id), Some(rec)) = (
+            args.request_id.clone(),
+            st.leases.get_mut(args.lease_id.as_str()),
+        ) {
             rec.remember(request_id, done);
         }
-        if let Some(key) = once_key {
+        if let Some(key) = once_key.clone() {
             st.remember_once(key, (done, args.token));
         }
         if args.release {
             st.end_lease(&args.lease_id, EndReason::Released, &mut fx);
         }
+    }
+    // The batch is ordered: whatever the next append or holder does comes after it, and a read
+    // waits for it. So the gate opens, and a release passes the lease on, while it is written.
+    // (Until the next grant, no live lease covers the resource, so no other append can slip in.)
+    drop(gate);
+    inner.apply(fx);
+    if let Err(e) = log.durable(new_head).await {
+        // A retry must try again, not be told of a batch that is not there.
+        inner.lock().forget_failed(
+            &args.lease_id,
+            args.request_id.as_deref(),
+            once_key.as_ref(),
+        );
+        return Err(e);
     }
     let _ = inner.events.send(Event {
         kind: EventKind::Appended,
@@ -232,11 +249,17 @@ async fn append_fenced(
         head: Some(new_head),
         time_unix_micros: now_unix_micros(),
     });
-    // The append is complete: a grant started by the release need not wait for the gate. (Until
-    // that grant, no live lease covers the resource, so no other append can slip in.)
-    drop(gate);
-    // After the Appended event, so watchers see the batch before the release.
-    inner.apply(fx);
+    Ok(done)
+}
+
+/// A remembered result, once its batch is durable: a retry can arrive while the original is
+/// still being written, and must not be answered before the original could be.
+async fn when_durable(
+    inner: &Arc<Inner>,
+    resource: &ResourceName,
+    done: Appended,
+) -> Result<Appended, CoreError> {
+    inner.log(resource).await?.durable(done.head).await?;
     Ok(done)
 }
 

@@ -25,16 +25,8 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
     // Wait for any append still in flight under the previous lease, so the new token is issued
     // only after it, and the head we return includes it.
     let _gate = gate.lock_owned().await;
-    let cached = inner
-        .lock()
-        .resources
-        .get(&resource)
-        .and_then(|r| r.log.clone());
     let prepared = async {
-        let log = match cached {
-            Some(log) => log,
-            None => inner.store.open(&resource).await?,
-        };
+        let log = inner.log(&resource).await?;
         let token = inner.store.issue_token(&resource, log.last_token()).await?;
         Ok::<_, CoreError>((log, token))
     }

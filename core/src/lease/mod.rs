@@ -29,7 +29,7 @@ use crate::config::Limits;
 use crate::error::CoreError;
 use crate::model::{Head, MAX_CLIENT_ID_LEN, MAX_OWNER_NAME_LEN, Owner};
 use crate::resource::ResourceName;
-use crate::store::Store;
+use crate::store::{ResourceLog, Store};
 
 /// Events buffered per watcher before it is told it lagged.
 const EVENT_BUFFER: usize = 16_384;
@@ -53,6 +53,19 @@ impl Inner {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The log of `resource`: the one its state holds, or the store's.
+    async fn log(&self, resource: &ResourceName) -> Result<Arc<dyn ResourceLog>, CoreError> {
+        let cached = self
+            .lock()
+            .resources
+            .get(resource)
+            .and_then(|r| r.log.clone());
+        match cached {
+            Some(log) => Ok(log),
+            None => self.store.open(resource).await,
+        }
     }
 
     /// Carries out what a state change decided: publish events, start grants.
@@ -341,12 +354,8 @@ impl Core {
             let gate = inner.lock().resources.get(&r).map(|x| x.gate.clone());
             let gate = gate.expect("a resource being adopted keeps its entry");
             let _gate = gate.lock_owned().await;
-            let cached = inner.lock().resources.get(&r).and_then(|x| x.log.clone());
             let result = async {
-                let log = match cached {
-                    Some(log) => log,
-                    None => inner.store.open(&r).await?,
-                };
+                let log = inner.log(&r).await?;
                 let detail = log.adopt().await?;
                 Ok::<_, CoreError>((detail, log))
             }

@@ -19,16 +19,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 if inner.lock().closed {
                     return;
                 }
-                let cached = inner
-                    .lock()
-                    .resources
-                    .get(&name)
-                    .and_then(|r| r.log.clone());
-                let log = match cached {
-                    Some(log) => Ok(log),
-                    None => inner.store.open(&name).await,
-                };
-                match log {
+                match inner.log(&name).await {
                     Ok(log) => check(&inner, &name, log.as_ref(), &mut reported),
                     Err(e) => {
                         tracing::warn!(resource = %name, error = %e, "start-up scan cannot open resource")

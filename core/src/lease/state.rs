@@ -269,6 +269,28 @@ impl State {
         self.once.insert(key, result);
     }
 
+    /// Forgets the results remembered for a batch that then failed.
+    pub fn forget_failed(
+        &mut self,
+        id: &str,
+        request_id: Option<&str>,
+        once_key: Option<&(String, String)>,
+    ) {
+        if let Some(request_id) = request_id {
+            let appends = match self.leases.get_mut(id) {
+                Some(rec) => Some(&mut rec.appends),
+                None => self.ended.get_mut(id).map(|e| &mut e.appends),
+            };
+            if let Some(appends) = appends {
+                appends.retain(|(r, _)| r != request_id);
+            }
+        }
+        if let Some(key) = once_key {
+            self.once.remove(key);
+            self.once_order.retain(|k| k != key);
+        }
+    }
+
     /// The remembered result of `request_id` under lease `id`, live or ended.
     pub fn remembered(&self, id: &str, request_id: &str) -> Option<Appended> {
         let appends = match self.leases.get(id) {

@@ -80,6 +80,9 @@ impl ResourceLog for MemLog {
         *self.head.lock().unwrap() = Some(head);
         Ok(head)
     }
+    async fn durable(&self, _head: Head) -> Result<(), CoreError> {
+        Ok(())
+    }
     async fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEntry>, CoreError> {
         let entries = self.entries.lock().unwrap();
         Ok(entries

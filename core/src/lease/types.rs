@@ -99,7 +99,7 @@ pub struct AppendArgs {
     pub expected_epoch: Option<u64>,
     /// Retry de-duplication key.
     pub request_id: Option<String>,
-    /// Release the lease once the batch is durable.
+    /// Release the lease once the batch is ordered (it is durable before the append returns).
     pub release: bool,
 }
 

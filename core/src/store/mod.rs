@@ -56,30 +56,45 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// One resource's log. Appends are serialized by the caller (one at a time per resource).
+/// One resource's log. Appends are serialized by the caller (one at a time per resource), but
+/// need not wait for each other's durability: a batch is ordered when [`ResourceLog::append`]
+/// returns and durable when [`ResourceLog::durable`] says so.
 #[async_trait]
 pub trait ResourceLog: Send + Sync {
-    /// The current head.
+    /// The head including every ordered batch, durable or not yet.
     fn head(&self) -> Head;
 
     /// True if the session file exists.
     fn exists(&self) -> bool;
 
-    /// Token of the newest stored batch (0 if none).
+    /// Token of the newest ordered batch (0 if none).
     fn last_token(&self) -> u64;
 
     /// The problem that stops appends to this resource, if any (external modification, failed
     /// write), as an error to return.
     fn blocked(&self) -> Option<CoreError>;
 
-    /// Appends a batch, durable before it returns; all entries or none.
+    /// Orders a batch after every batch ordered before it and starts writing it; all entries or
+    /// none. Returns the head it makes. The batch is not acknowledged until
+    /// [`ResourceLog::durable`] for that head succeeds; if it fails, every batch ordered after it
+    /// fails too.
     ///
     /// # Errors
-    /// [`CoreError::ExternalModification`] if the file changed behind the server's back,
-    /// [`CoreError::StorageFailed`] if a write or fsync failed (the log then refuses all appends).
+    /// The error that stopped the log (see [`ResourceLog::blocked`]), or a storage error creating
+    /// the session file; nothing is ordered then.
     async fn append(&self, batch: NewBatch) -> Result<Head, CoreError>;
 
-    /// Entries from `from_seq` on, at most `limit`.
+    /// Waits until the batch that made `head` (as [`ResourceLog::append`] returned it) is durable.
+    ///
+    /// # Errors
+    /// [`CoreError::ExternalModification`] if the file changed behind the server's back before
+    /// it was written, [`CoreError::StorageFailed`] if a write or fsync failed (the log then
+    /// refuses all appends) or the batch is not in the log (it failed and the log was adopted
+    /// since).
+    async fn durable(&self, head: Head) -> Result<(), CoreError>;
+
+    /// Entries from `from_seq` on, at most `limit`; durable ones only (see
+    /// [`ResourceLog::settled`]).
     ///
     /// # Errors
     /// A storage error.
@@ -93,6 +108,13 @@ pub trait ResourceLog: Send + Sync {
     /// A file that ends in a partial line, an unsafe path, storage errors.
     async fn adopt(&self) -> Result<String, CoreError>;
 
-    /// The seq of the first entry whose epoch is at least `epoch` (the head's next seq if none).
+    /// The seq of the first durable entry whose epoch is at least `epoch` (the durable head's
+    /// next seq if none).
     fn first_seq_at_epoch(&self, epoch: u64) -> u64;
+
+    /// Waits until every batch ordered so far is durable or has failed, so that a read sees
+    /// everything appended before it.
+    async fn settled(&self) {
+        let _ = self.durable(self.head()).await;
+    }
 }

@@ -5,14 +5,14 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::fds::FdBudget;
 use super::index::{BatchRecord, Index};
 use super::paths::{self, ResourcePaths};
 use super::wal::{self, Files, Job, Msg};
 use crate::error::CoreError;
-use crate::model::{Head, StoredEntry, chain};
+use crate::model::{ChainHash, Head, StoredEntry, chain};
 use crate::resource::ResourceName;
 use crate::store::{NewBatch, ResourceLog};
 
@@ -31,6 +31,8 @@ pub struct EmbeddedLog {
     me: Weak<EmbeddedLog>,
     // std Mutex: held only for in-memory updates, never across an await or I/O.
     state: Mutex<LogState>,
+    /// Ticks each time the writer finishes one of this log's batches (see `durable`).
+    progress: watch::Sender<()>,
 }
 
 #[derive(Debug)]
@@ -41,21 +43,16 @@ struct LogState {
     identity: Option<(u64, u64)>,
     /// Used since the descriptor budget last looked (CLOCK bit).
     used: bool,
+    /// The durable batches: written to the WAL, the session file and the index.
     index: Index,
+    /// The head after every ordered batch, including those the writer has not finished.
     head: Head,
+    /// Token of the newest ordered batch.
+    token: u64,
+    /// Ordered batches the writer has not finished: the file is shorter than `head` says until
+    /// then, so on-disk checks wait.
+    pending: usize,
     blocked: Option<CoreError>,
-    /// An append is between its length check and its head update: the file may legitimately be
-    /// longer than the head, so on-disk checks must wait.
-    in_flight: bool,
-}
-
-/// Clears `in_flight` however an append ends.
-struct InFlight<'a>(&'a EmbeddedLog);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.lock().in_flight = false;
-    }
 }
 
 impl EmbeddedLog {
@@ -74,8 +71,9 @@ impl EmbeddedLog {
             used: true,
             index: Index::default(),
             head: Head::EMPTY,
+            token: 0,
+            pending: 0,
             blocked: None,
-            in_flight: false,
         };
         let data = paths::open_regular(name, &paths.data, false, false)?;
         let index_bytes = match std::fs::read(&paths.index) {
@@ -102,6 +100,7 @@ impl EmbeddedLog {
                 )));
                 state.index = Index::build(records, &[]).0;
                 state.head = state.index.head();
+                state.token = state.index.batches.last().map_or(0, |b| b.token);
             }
             None => {}
             Some(file) => {
@@ -114,6 +113,7 @@ impl EmbeddedLog {
                     mismatch
                 })();
                 state.head = index.head();
+                state.token = index.batches.last().map_or(0, |b| b.token);
                 state.index = index;
                 if let Some(m) = mismatch {
                     state.blocked = Some(modified(m.describe()));
@@ -131,6 +131,7 @@ impl EmbeddedLog {
             budget,
             me: Weak::new(),
             state: Mutex::new(state),
+            progress: watch::Sender::new(()),
         })
     }
 
@@ -153,7 +154,7 @@ impl EmbeddedLog {
         if st.files.is_none() {
             return true;
         }
-        if st.used || st.in_flight {
+        if st.used || st.pending > 0 {
             st.used = false;
             return false;
         }
@@ -193,6 +194,56 @@ impl EmbeddedLog {
         };
         self.budget.opened(self.me.clone());
         Ok(Some(files))
+    }
+
+    /// The error that stopped this log, if any: the writer fails a batch ordered after a failed one.
+    pub(super) fn failure(&self) -> Option<CoreError> {
+        self.lock().blocked.clone()
+    }
+
+    /// The writer is done with one of this log's batches: on success it is durable, in the
+    /// session file and index, and readable; a failure stops the log, and the head goes back to
+    /// what is durable (every batch ordered after this one fails too).
+    pub(super) fn finished(
+        &self,
+        record: BatchRecord,
+        hashes: &[ChainHash],
+        result: Result<(), CoreError>,
+    ) {
+        {
+            let mut st = self.lock();
+            st.pending = st.pending.saturating_sub(1);
+            match result {
+                Ok(()) => st.index.push(record, hashes),
+                Err(e) => {
+                    st.blocked.get_or_insert(e);
+                    st.head = st.index.head();
+                    st.token = st.index.batches.last().map_or(0, |b| b.token);
+                }
+            }
+        }
+        self.progress.send_replace(());
+    }
+
+    /// The files to append to, creating the session file and its index if they do not exist.
+    async fn files_or_create(&self) -> Result<Arc<Files>, CoreError> {
+        if let Some(files) = self.files()? {
+            return Ok(files);
+        }
+        let (root, name, paths) = (self.root.clone(), self.name.clone(), self.paths.clone());
+        let files = tokio::task::spawn_blocking(move || create_files(&root, &name, &paths))
+            .await
+            .map_err(|e| CoreError::StorageFailed {
+                resource: self.name.as_str().to_owned(),
+                detail: e.to_string(),
+            })??;
+        {
+            let mut st = self.lock();
+            st.identity = Some(files.identity);
+            st.files = Some(files.clone());
+        }
+        self.budget.opened(self.me.clone());
+        Ok(files)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
@@ -268,7 +319,7 @@ impl ResourceLog for EmbeddedLog {
     }
 
     fn last_token(&self) -> u64 {
-        self.lock().index.batches.last().map_or(0, |b| b.token)
+        self.lock().token
     }
 
     fn blocked(&self) -> Option<CoreError> {
@@ -277,76 +328,58 @@ impl ResourceLog for EmbeddedLog {
             if let Some(err) = &st.blocked {
                 return Some(err.clone());
             }
-            match (st.identity, st.in_flight) {
-                (Some(identity), false) => (identity, st.head.length),
+            match (st.identity, st.pending) {
+                (Some(identity), 0) => (identity, st.head.length),
                 _ => return None,
             }
         };
         // Stat outside the lock; the answer counts only if no append moved the head meanwhile.
         let detail = wal::changed_on_disk(&self.paths.data, identity, len)?;
         let st = self.lock();
-        (!st.in_flight && st.head.length == len).then(|| CoreError::ExternalModification {
+        (st.pending == 0 && st.head.length == len).then(|| CoreError::ExternalModification {
             resource: self.name.as_str().to_owned(),
             detail,
         })
     }
 
     async fn append(&self, batch: NewBatch) -> Result<Head, CoreError> {
-        let (record, hashes, data) = {
-            let mut st = self.lock();
-            if let Some(err) = &st.blocked {
-                return Err(err.clone());
-            }
-            st.in_flight = true;
-            let head = st.head;
-            let mut hashes = Vec::with_capacity(batch.entries.len());
-            let mut hash = head.chain_hash;
-            let mut data = Vec::with_capacity(batch.entries.iter().map(|e| e.len() + 1).sum());
-            for line in &batch.entries {
-                hash = chain(&hash, line);
-                hashes.push(hash);
-                data.extend_from_slice(line);
-                data.push(b'\n');
-            }
-            let record = BatchRecord {
-                epoch: batch.epoch,
-                token: batch.token,
-                seq: head.next_seq,
-                offset: head.length,
-                lens: batch
-                    .entries
-                    .iter()
-                    .map(|e| u32::try_from(e.len()).unwrap_or(u32::MAX))
-                    .collect(),
-                owner: batch.owner,
-                time: batch.time_unix_micros,
-                hash: hex::encode(hash),
-            };
-            (record, hashes, data)
+        if let Some(err) = self.failure() {
+            return Err(err);
+        }
+        let files = self.files_or_create().await?;
+        // The caller orders appends, so the head stays put while the batch is prepared, unless
+        // a failing batch resets it (checked again below).
+        let head = self.head();
+        let mut hashes = Vec::with_capacity(batch.entries.len());
+        let mut hash = head.chain_hash;
+        let mut data = Vec::with_capacity(batch.entries.iter().map(|e| e.len() + 1).sum());
+        for line in &batch.entries {
+            hash = chain(&hash, line);
+            hashes.push(hash);
+            data.extend_from_slice(line);
+            data.push(b'\n');
+        }
+        let record = BatchRecord {
+            epoch: batch.epoch,
+            token: batch.token,
+            seq: head.next_seq,
+            offset: head.length,
+            lens: batch
+                .entries
+                .iter()
+                .map(|e| u32::try_from(e.len()).unwrap_or(u32::MAX))
+                .collect(),
+            owner: batch.owner,
+            time: batch.time_unix_micros,
+            hash: hex::encode(hash),
         };
-        let _in_flight = InFlight(self);
-        let files = match self.files()? {
-            Some(f) => f,
-            None => {
-                let (root, name, paths) =
-                    (self.root.clone(), self.name.clone(), self.paths.clone());
-                let f = tokio::task::spawn_blocking(move || create_files(&root, &name, &paths))
-                    .await
-                    .map_err(|e| CoreError::StorageFailed {
-                        resource: self.name.as_str().to_owned(),
-                        detail: e.to_string(),
-                    })??;
-                {
-                    let mut st = self.lock();
-                    st.identity = Some(f.identity);
-                    st.files = Some(f.clone());
-                }
-                self.budget.opened(self.me.clone());
-                f
-            }
+        let next = Head {
+            epoch: record.epoch,
+            next_seq: record.seq + record.lens.len() as u64,
+            length: record.offset + record.byte_len(),
+            chain_hash: hash,
         };
         let index_line = record.to_line();
-        let (reply, rx) = oneshot::channel();
         let job = Job {
             name: self.name.clone(),
             files,
@@ -354,27 +387,71 @@ impl ResourceLog for EmbeddedLog {
             payload: wal::payload(&self.name, &index_line, &data),
             data,
             index_line,
-            reply,
+            log: self.me.upgrade().expect("logs in use are shared"),
+            record: Some(record),
+            hashes,
         };
-        self.wal
-            .send(Msg::Append(job))
-            .map_err(|_| CoreError::ShuttingDown)?;
-        let outcome = rx.await.map_err(|_| CoreError::ShuttingDown)?;
         let mut st = self.lock();
-        if let Err(e) = outcome {
-            st.blocked = Some(e.clone());
-            return Err(e);
+        if let Some(err) = &st.blocked {
+            return Err(err.clone());
         }
-        let n = record.lens.len() as u64;
-        let length = record.offset + record.byte_len();
-        st.head = Head {
-            epoch: record.epoch,
-            next_seq: record.seq + n,
-            length,
-            chain_hash: *hashes.last().expect("batches are never empty"),
-        };
-        st.index.push(record, &hashes);
-        Ok(st.head)
+        if st.head != head {
+            return Err(CoreError::StorageFailed {
+                resource: self.name.as_str().to_owned(),
+                detail: "the head moved while the batch was prepared".into(),
+            });
+        }
+        // Sent under the lock, so the writer gets this log's batches in the order of their heads.
+        if let Err(std::sync::mpsc::SendError(msg)) = self.wal.send(Msg::Append(Box::new(job))) {
+            if let Msg::Append(mut job) = msg {
+                // Never ordered: nothing to report (and this lock is held).
+                job.record = None;
+            }
+            return Err(CoreError::ShuttingDown);
+        }
+        st.head = next;
+        st.token = batch.token;
+        st.pending += 1;
+        Ok(next)
+    }
+
+    async fn durable(&self, head: Head) -> Result<(), CoreError> {
+        // Subscribed before looking, so a batch finished after the look wakes us.
+        let mut progress = self.progress.subscribe();
+        loop {
+            {
+                let st = self.lock();
+                let Some(last) = head.next_seq.checked_sub(2) else {
+                    return Ok(()); // the empty head
+                };
+                let missing = || CoreError::StorageFailed {
+                    resource: self.name.as_str().to_owned(),
+                    detail: format!(
+                        "the batch ending at seq {} is not in the log: it failed, and the log was adopted since",
+                        last + 1
+                    ),
+                };
+                if let Some(entry) = usize::try_from(last)
+                    .ok()
+                    .and_then(|i| st.index.entries.get(i))
+                {
+                    // Seqs are reused after an adoption: only this batch's hash says it is there.
+                    return if entry.hash == head.chain_hash {
+                        Ok(())
+                    } else {
+                        Err(missing())
+                    };
+                }
+                if let Some(err) = &st.blocked {
+                    return Err(err.clone());
+                }
+                if st.pending == 0 {
+                    return Err(missing());
+                }
+            }
+            // The sender lives in `self`, so this only returns on a tick.
+            let _ = progress.changed().await;
+        }
     }
 
     async fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEntry>, CoreError> {
@@ -472,6 +549,8 @@ impl ResourceLog for EmbeddedLog {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let reopened = fresh.files.is_some();
         *self.lock() = fresh;
+        // Whoever waits on a batch looks again, at the adopted log.
+        self.progress.send_replace(());
         if reopened {
             self.budget.opened(self.me.clone());
         }
@@ -481,6 +560,9 @@ impl ResourceLog for EmbeddedLog {
     fn first_seq_at_epoch(&self, epoch: u64) -> u64 {
         let st = self.lock();
         let i = st.index.batches.partition_point(|b| b.epoch < epoch);
-        st.index.batches.get(i).map_or(st.head.next_seq, |b| b.seq)
+        st.index
+            .batches
+            .get(i)
+            .map_or(st.index.entries.len() as u64 + 1, |b| b.seq)
     }
 }

@@ -268,3 +268,5 @@ impl Store for EmbeddedStore {
         }
     }
 }
+#[cfg(test)]
+mod tests;

@@ -30,8 +30,11 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
 use tokio::sync::oneshot;
 
+use super::index::BatchRecord;
+use super::log::EmbeddedLog;
 use super::paths::sync_dir;
 use crate::error::CoreError;
+use crate::model::ChainHash;
 use crate::resource::ResourceName;
 
 /// Record bytes in one generation after which the writer checkpoints.
@@ -94,15 +97,37 @@ pub struct Job {
     pub data: Vec<u8>,
     /// The index line.
     pub index_line: Vec<u8>,
-    /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<(), CoreError>>,
+    /// The log it belongs to, told the outcome.
+    pub log: Arc<EmbeddedLog>,
+    /// The batch's index record, for the log's in-memory index (`None` once the log was told).
+    pub record: Option<BatchRecord>,
+    /// Chain hash after each of its lines.
+    pub hashes: Vec<ChainHash>,
+}
+
+impl Job {
+    fn finish(mut self, result: Result<(), CoreError>) {
+        if let Some(record) = self.record.take() {
+            self.log.finished(record, &self.hashes, result);
+        }
+    }
+}
+
+impl Drop for Job {
+    /// A batch the writer never finished (it stopped or panicked) fails, so nobody waits forever.
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            self.log
+                .finished(record, &self.hashes, Err(CoreError::ShuttingDown));
+        }
+    }
 }
 
 /// Messages to the writer.
 #[derive(Debug)]
 pub enum Msg {
     /// Commit a batch.
-    Append(Job),
+    Append(Box<Job>),
     /// Sync every written file and reset the WAL.
     Checkpoint(oneshot::Sender<io::Result<()>>),
 }
@@ -378,7 +403,7 @@ impl Writer {
             let mut next = Some(msg);
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Append(job) => group.push(job),
+                    Msg::Append(job) => group.push(*job),
                     Msg::Checkpoint(reply) => checkpoints.push(reply),
                 }
                 if group.len() < MAX_GROUP {
@@ -418,19 +443,32 @@ impl Writer {
     fn commit(&mut self, group: Vec<Job>) {
         let mut ready = Vec::with_capacity(group.len());
         let mut buf = Vec::new();
+        // Where each session file ends after the batches of this group accepted so far.
+        let mut ends: HashMap<(u64, u64), u64> = HashMap::new();
         for job in group {
             if let Some(detail) = &self.broken {
-                let _ = job.reply.send(Err(store_failed("*", detail)));
+                job.finish(Err(store_failed("*", detail)));
                 continue;
             }
-            match tamper_check(&job) {
+            // A batch ordered after one that failed fails too.
+            if let Some(e) = job.log.failure() {
+                job.finish(Err(e));
+                continue;
+            }
+            let identity = job.files.identity;
+            // A batch that follows another of this group is checked with it (its file is not
+            // written yet); the first one is checked on disk.
+            let checked = match ends.get(&identity) {
+                Some(&end) if end == job.expected_len => Ok(()),
+                _ => tamper_check(&job),
+            };
+            match checked {
                 Ok(()) => {
                     encode(&mut buf, self.generation, &job.payload);
+                    ends.insert(identity, job.expected_len + job.data.len() as u64);
                     ready.push(job);
                 }
-                Err(e) => {
-                    let _ = job.reply.send(Err(e));
-                }
+                Err(e) => job.finish(Err(e)),
             }
         }
         if ready.is_empty() {
@@ -448,7 +486,7 @@ impl Writer {
             let detail = format!("write-ahead log write or fsync failed: {e}");
             tracing::error!(error = %e, "WAL write failed; the store stops accepting writes");
             for job in ready {
-                let _ = job.reply.send(Err(store_failed("*", &detail)));
+                job.finish(Err(store_failed("*", &detail)));
             }
             self.broken = Some(detail);
             return;
@@ -465,6 +503,11 @@ impl Writer {
         #[cfg(feature = "failpoints")]
         synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), self.pos)]);
         for job in ready {
+            // An earlier batch of this file failed to be written: this one must not land after a gap.
+            if let Some(e) = job.log.failure() {
+                job.finish(Err(e));
+                continue;
+            }
             let result = (|| -> io::Result<()> {
                 fail::fail_point!("wal-synced", |_| std::process::abort());
                 fail::fail_point!("data-write", |arg| Err(injected(arg)));
@@ -491,7 +534,7 @@ impl Writer {
                     Err(store_failed(job.name.as_str(), &detail))
                 }
             };
-            let _ = job.reply.send(reply);
+            job.finish(reply);
         }
     }
 
