@@ -547,13 +547,24 @@ impl Writer {
         // One syncfs makes every session file, index and directory written since the last
         // checkpoint durable at once (they live on the WAL's filesystem), instead of one fsync each.
         fail::fail_point!("checkpoint-sync", |arg| Err(injected(arg)));
+        let started = std::time::Instant::now();
         nix::unistd::syncfs(&self.wal).map_err(io::Error::from)?;
         #[cfg(feature = "failpoints")]
         synced::record_paths(&self.wal_dir, &self.dirty);
+        let files = self.dirty.len();
         self.dirty.clear();
         self.unflushed.clear();
         fail::fail_point!("checkpoint-synced", |_| std::process::abort());
-        self.next_generation()
+        let wal_bytes = self.pos - HEADER_BYTES;
+        self.next_generation()?;
+        // Appends wait while it runs: operators can match latency spikes against this line.
+        tracing::info!(
+            files,
+            wal_bytes,
+            took_us = started.elapsed().as_micros(),
+            "checkpoint"
+        );
+        Ok(())
     }
 
     /// Makes a new generation current: its header slot is written and synced before any of its
