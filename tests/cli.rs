@@ -128,3 +128,35 @@ fn an_unreachable_server_exits_1_with_one_error_line() {
     assert_ctl_error(&out, EXIT_FAILURE, "");
     assert!(out.stdout.is_empty(), "nothing on stdout");
 }
+
+#[test]
+fn append_with_release_appends_and_frees_the_resource_in_one_call() {
+    const R: &str = "cli/append-release.jsonl";
+    let server = Server::start(ServerOpts::default());
+    let endpoint = server.endpoint();
+    let lease = ctl_acquire(endpoint, R, &[]);
+    let token = lease.token.to_string();
+    let args = [
+        "append",
+        R,
+        "--lease",
+        &lease.lease_id,
+        "--token",
+        &token,
+        "--release",
+    ];
+    let appended = ctl_object(&ctl(endpoint, args, Some(b"{\"n\":1}\n{\"n\":2}\n")));
+    assert_eq!(
+        (
+            appended["first_seq"].as_u64(),
+            appended["last_seq"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let late = ctl_append(endpoint, &lease, lease.token, b"{\"n\":3}\n");
+    assert_ctl_error(&late, EXIT_STALE, "LEASE_RELEASED");
+    // Free at once: a new lease without waiting.
+    let next = ctl_acquire(endpoint, R, &[]);
+    assert!(next.token > lease.token);
+    assert_eq!(server.file_bytes(R), b"{\"n\":1}\n{\"n\":2}\n");
+}

@@ -247,3 +247,38 @@ async fn a_lease_granted_after_a_queue_wait_longer_than_its_ttl_starts_healthy()
     );
     lease.release().await.unwrap();
 }
+
+#[tokio::test]
+async fn append_and_release_appends_then_hands_the_resource_on_and_a_refused_batch_still_frees_it()
+{
+    let server = Server::start(ServerOpts::default());
+    let holder = client(server.endpoint(), "holder").await;
+    let waiter = client(server.endpoint(), "waiter").await;
+    let lease = holder.lease(R).acquire().await.unwrap();
+    let queued = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.lease(R).wait(WAIT).acquire().await }
+    });
+    common::rpc::wait_for_waiters(&server.grpc().await, R, 1).await;
+
+    let done = lease
+        .append_and_release([r#"{"turn":1}"#, r#"{"turn":2}"#])
+        .await
+        .unwrap();
+    assert_eq!((done.first_seq, done.last_seq), (1, 2));
+    let next = timeout(WAIT, queued).await.unwrap().unwrap().unwrap();
+    assert_eq!((next.epoch(), next.head().next_seq), (1, 3));
+
+    // A batch the server refuses leaves the lease held; the SDK then releases it as if dropped.
+    let bad = next.append_and_release(["not json"]).await.unwrap_err();
+    assert!(matches!(bad, Error::InvalidInput { .. }), "{bad:?}");
+    let again = timeout(WAIT, holder.lease(R).wait(WAIT).acquire())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.head().next_seq, 3);
+    assert_eq!(
+        server.file_bytes(R),
+        common::jsonl([r#"{"turn":1}"#, r#"{"turn":2}"#])
+    );
+}

@@ -215,7 +215,33 @@ impl Lease {
         &self,
         lines: impl IntoIterator<Item = E>,
     ) -> Result<AppendResponse, Error> {
-        self.send(batch(lines), None).await
+        self.send(batch(lines), None, false).await
+    }
+
+    /// Appends `lines` as one atomic batch and releases the lease in the same call, so an
+    /// acquire/append/release cycle takes two round trips; consumes the lease. The server hands
+    /// the lease to the next waiter as soon as the batch is accepted, while it is made durable;
+    /// this call is answered once it is durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lease::append`]. A batch that was refused leaves the lease held: it is then released
+    /// in the background, as when a lease is dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo(lease: fencepost_client::Lease) -> Result<(), fencepost_client::Error> {
+    /// let done = lease.append_and_release([r#"{"role":"tool","text":"done"}"#]).await?;
+    /// println!("appended up to seq {}", done.last_seq);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn append_and_release<E: IntoEntry>(
+        mut self,
+        lines: impl IntoIterator<Item = E>,
+    ) -> Result<AppendResponse, Error> {
+        let reply = self.send(batch(lines), None, true).await?;
+        self.end_locally();
+        Ok(reply)
     }
 
     /// Compare-and-append: appends only if the resource's write epoch is still `epoch`.
@@ -235,13 +261,14 @@ impl Lease {
         epoch: u64,
         lines: impl IntoIterator<Item = E>,
     ) -> Result<AppendResponse, Error> {
-        self.send(batch(lines), Some(epoch)).await
+        self.send(batch(lines), Some(epoch), false).await
     }
 
     async fn send(
         &self,
         entries: Vec<Vec<u8>>,
         expected_epoch: Option<u64>,
+        release: bool,
     ) -> Result<AppendResponse, Error> {
         if let LeaseHealth::Lost(reason) = self.signal.current() {
             return Err(Error::Lost { reason });
@@ -253,7 +280,7 @@ impl Lease {
             entries,
             expected_epoch,
             request_id: uuid::Uuid::new_v4().to_string(),
-            release: false,
+            release,
         };
         match self.client.append_request(request).await {
             Ok(reply) => {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::{ArgGroup, Args};
+use fencepost_client::proto::v1::AppendRequest;
 use fencepost_client::{AcquireOptions, OwnerKind};
 use tokio::io::AsyncReadExt;
 
@@ -57,6 +58,10 @@ pub struct AppendArgs {
     /// Append only if the resource's write epoch is exactly N (compare-and-append).
     #[arg(long, value_name = "N")]
     expect_epoch: Option<u64>,
+    /// Release the lease in the same call (it passes to the next waiter once the batch is
+    /// accepted; the reply still waits until the batch is durable).
+    #[arg(long)]
+    release: bool,
 }
 
 /// Reads one JSON object per line from stdin and appends them all as one atomic batch.
@@ -65,13 +70,15 @@ pub async fn append(conn: &Connection, args: AppendArgs) -> Result<(), Failure> 
     let count = entries.len();
     let client = conn.client(None, OwnerKind::Cli).await?;
     let reply = client
-        .append(
-            args.resource.as_str(),
-            args.lease,
-            args.token,
+        .append_request(AppendRequest {
+            resource: args.resource.clone(),
+            lease_id: args.lease,
+            token: args.token,
             entries,
-            args.expect_epoch,
-        )
+            expected_epoch: args.expect_epoch,
+            request_id: String::new(),
+            release: args.release,
+        })
         .await?;
     emit(&AppendView::new(&args.resource, count, &reply))
 }
