@@ -1,5 +1,5 @@
-//! kill -9 loop: 16 writers with real clients while the server is killed at random moments and
-//! restarted on the same data dir. Every acknowledged append and grant is recorded and the final
+//! kill -9 loop: 16 writers with real clients (half their appends also release the lease) while
+//! the server is killed at random moments and restarted on the same data dir. Every acknowledged append and grant is recorded and the final
 //! state is checked: no acknowledged entry lost, moved or duplicated, no token regression.
 //!
 //! `FENCEPOST_CRASH_CYCLES` sets the number of kill/restart cycles (default 30).
@@ -89,12 +89,16 @@ async fn writer(id: usize, shared: Arc<Shared>) {
                 .map(|i| format!("{{\"w\":{id},\"n\":{n},\"i\":{i}}}").into_bytes())
                 .collect();
             n += 1;
+            // Half the cycles append-and-release: the next writer is then granted while the
+            // batch is being made durable, and a kill can land in between.
+            let release = rng.next().is_multiple_of(2);
             let appended = c
                 .append(AppendRequest {
                     resource: resource.clone(),
                     lease_id: lease.lease_id.clone(),
                     token: lease.token,
                     entries: lines.clone(),
+                    release,
                     ..Default::default()
                 })
                 .await;
@@ -111,6 +115,9 @@ async fn writer(id: usize, shared: Arc<Shared>) {
                     break;
                 }
                 Err(_) => continue,
+            }
+            if release {
+                continue;
             }
             let _ = c
                 .release(ReleaseRequest {
