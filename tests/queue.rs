@@ -212,8 +212,8 @@ async fn concurrent_client_processes_hold_the_lease_one_at_a_time() {
 #[tokio::test]
 async fn append_and_release_hands_the_lease_on_while_its_batch_is_made_durable() {
     const R: &str = "queue/handover.jsonl";
-    // Every WAL fsync takes a second, so the order of what follows is plain to see.
-    let server = Server::start(ServerOpts::default().failpoints("wal-sync=sleep(1000)"));
+    // Every WAL fsync takes 2.5 s, so the order of what follows is plain to see.
+    let server = Server::start(ServerOpts::default().failpoints("wal-sync=sleep(2500)"));
     let mut c = server.grpc().await;
     let holder = acquire(&mut c, R, 30_000).await;
     let waiter = spawn_acquire(&c, R, owner("next"), 30_000, 60_000);

@@ -254,10 +254,13 @@ async fn append_and_release_appends_then_hands_the_resource_on_and_a_refused_bat
     let server = Server::start(ServerOpts::default());
     let holder = client(server.endpoint(), "holder").await;
     let waiter = client(server.endpoint(), "waiter").await;
-    let lease = holder.lease(R).acquire().await.unwrap();
+    // Leases that outlive the test's waits: only a release can free the resource in time.
+    let ttl = Duration::from_secs(60);
+    let prompt = Duration::from_secs(5);
+    let lease = holder.lease(R).ttl(ttl).acquire().await.unwrap();
     let queued = tokio::spawn({
         let waiter = waiter.clone();
-        async move { waiter.lease(R).wait(WAIT).acquire().await }
+        async move { waiter.lease(R).ttl(ttl).wait(prompt).acquire().await }
     });
     common::rpc::wait_for_waiters(&server.grpc().await, R, 1).await;
 
@@ -266,13 +269,13 @@ async fn append_and_release_appends_then_hands_the_resource_on_and_a_refused_bat
         .await
         .unwrap();
     assert_eq!((done.first_seq, done.last_seq), (1, 2));
-    let next = timeout(WAIT, queued).await.unwrap().unwrap().unwrap();
+    let next = timeout(prompt, queued).await.unwrap().unwrap().unwrap();
     assert_eq!((next.epoch(), next.head().next_seq), (1, 3));
 
     // A batch the server refuses leaves the lease held; the SDK then releases it as if dropped.
     let bad = next.append_and_release(["not json"]).await.unwrap_err();
     assert!(matches!(bad, Error::InvalidInput { .. }), "{bad:?}");
-    let again = timeout(WAIT, holder.lease(R).wait(WAIT).acquire())
+    let again = timeout(prompt, holder.lease(R).wait(prompt).acquire())
         .await
         .unwrap()
         .unwrap();

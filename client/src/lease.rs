@@ -239,6 +239,9 @@ impl Lease {
         mut self,
         lines: impl IntoIterator<Item = E>,
     ) -> Result<AppendResponse, Error> {
+        // The server ends the lease before it answers: keepalives stop first, so the end does
+        // not reach this lease's loss handles as a loss while the call is still in flight.
+        self.client.keepalive_task().unregister(&self.lease_id);
         let reply = self.send(batch(lines), None, true).await?;
         self.end_locally();
         Ok(reply)

@@ -21,6 +21,7 @@ const CHUNK: usize = 256;
 pub(super) async fn run(inner: Arc<Inner>) {
     loop {
         let mut fx = Effects::default();
+        let mut expired = Vec::new();
         let (next, more) = {
             let mut st = inner.lock();
             if st.closed {
@@ -38,8 +39,8 @@ pub(super) async fn run(inner: Arc<Inner>) {
                         let id = id.clone();
                         st.deadlines.pop();
                         let late_us = now.saturating_duration_since(deadline).as_micros();
-                        tracing::info!(lease_id = %id, late_us, "lease expired");
                         st.end_lease(&id, EndReason::Expired, &mut fx);
+                        expired.push((id, late_us));
                     }
                     Some((renewed, _)) if renewed > at => {
                         st.deadlines.pop();
@@ -55,7 +56,11 @@ pub(super) async fn run(inner: Arc<Inner>) {
             }
             (st.deadlines.next(), budget == 0)
         };
+        // The next holders' grants start first; logging waits for them and never holds the lock.
         inner.apply(fx);
+        for (lease_id, late_us) in expired {
+            tracing::info!(%lease_id, late_us, "lease expired");
+        }
         if more {
             tokio::task::yield_now().await;
             continue;
