@@ -397,7 +397,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: &Receiver<Msg>) {
-        while let Ok(msg) = rx.recv() {
+        while let Some(msg) = next_message(rx) {
             let mut group = Vec::new();
             let mut checkpoints = Vec::new();
             let mut next = Some(msg);
@@ -600,6 +600,24 @@ impl Writer {
             self.allocated += GROW_BYTES;
         }
         Ok(())
+    }
+}
+
+/// How long the writer polls for the next batch after a commit before it sleeps.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(250);
+
+/// The next message: polled for up to [`SPIN`], then waited for. `None` once every sender is gone.
+fn next_message(rx: &Receiver<Msg>) -> Option<Msg> {
+    let start = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(msg) => return Some(msg),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+            Err(std::sync::mpsc::TryRecvError::Empty) if start.elapsed() < SPIN => {
+                std::thread::yield_now();
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => return rx.recv().ok(),
+        }
     }
 }
 
