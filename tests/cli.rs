@@ -135,17 +135,14 @@ fn append_with_release_appends_and_frees_the_resource_in_one_call() {
     let server = Server::start(ServerOpts::default());
     let endpoint = server.endpoint();
     let lease = ctl_acquire(endpoint, R, &[]);
-    let token = lease.token.to_string();
-    let args = [
-        "append",
-        R,
-        "--lease",
-        &lease.lease_id,
-        "--token",
-        &token,
-        "--release",
-    ];
-    let appended = ctl_object(&ctl(endpoint, args, Some(b"{\"n\":1}\n{\"n\":2}\n")));
+    let released = ctl_append_with(
+        endpoint,
+        &lease,
+        lease.token,
+        &["--release"],
+        b"{\"n\":1}\n{\"n\":2}\n",
+    );
+    let appended = ctl_object(&released);
     assert_eq!(
         (
             appended["first_seq"].as_u64(),

@@ -129,8 +129,19 @@ pub fn ctl_acquire(endpoint: &str, resource: &str, extra: &[&str]) -> CtlLease {
 
 /// `append RESOURCE --lease ID --token N` with `lines` on stdin.
 pub fn ctl_append(endpoint: &str, lease: &CtlLease, token: u64, stdin: &[u8]) -> Output {
+    ctl_append_with(endpoint, lease, token, &[], stdin)
+}
+
+/// [`ctl_append`] with extra flags, e.g. `--release`.
+pub fn ctl_append_with(
+    endpoint: &str,
+    lease: &CtlLease,
+    token: u64,
+    extra: &[&str],
+    stdin: &[u8],
+) -> Output {
     let token = token.to_string();
-    let args = [
+    let mut args = vec![
         "append",
         &lease.resource,
         "--lease",
@@ -138,6 +149,7 @@ pub fn ctl_append(endpoint: &str, lease: &CtlLease, token: u64, stdin: &[u8]) ->
         "--token",
         &token,
     ];
+    args.extend_from_slice(extra);
     ctl(endpoint, args, Some(stdin))
 }
 

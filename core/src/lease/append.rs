@@ -74,14 +74,8 @@ impl Core {
             .request_id
             .as_ref()
             .map(|r| (args.owner.client_id.clone(), r.clone()));
-        if let Some((done, token)) = key
-            .as_ref()
-            .and_then(|k| self.inner.lock().once.get(k).copied())
-        {
-            return Ok((
-                when_durable(&self.inner, &args.resource, done).await?,
-                token,
-            ));
+        if let Some(done) = self.once_done(key.as_ref(), &args.resource).await {
+            return done;
         }
         let grant = self
             .acquire(AcquireArgs {
@@ -94,15 +88,9 @@ impl Core {
             .await?;
         // A retry that queued behind the original finds its result here, after the original
         // released the lease.
-        if let Some((done, token)) = key
-            .as_ref()
-            .and_then(|k| self.inner.lock().once.get(k).copied())
-        {
+        if let Some(done) = self.once_done(key.as_ref(), &args.resource).await {
             let _ = self.release(&args.resource, &grant.lease.lease_id);
-            return Ok((
-                when_durable(&self.inner, &args.resource, done).await?,
-                token,
-            ));
+            return done;
         }
         let core = self.clone();
         // Spawned so the lease is released even if the caller goes away mid-append.
@@ -135,6 +123,20 @@ impl Core {
             resource: "*".into(),
             detail: format!("append task failed: {e}"),
         })?
+    }
+
+    /// The remembered result of an AppendOnce with this key, once durable.
+    async fn once_done(
+        &self,
+        key: Option<&(String, String)>,
+        resource: &ResourceName,
+    ) -> Option<Result<(Appended, u64), CoreError>> {
+        let (done, token) = key.and_then(|k| self.inner.lock().once.get(k).copied())?;
+        Some(
+            when_durable(&self.inner, resource, done)
+                .await
+                .map(|done| (done, token)),
+        )
     }
 
     /// Up to `limit` entries from `from`.

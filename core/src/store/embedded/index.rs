@@ -94,6 +94,11 @@ impl Mismatch {
 }
 
 impl Index {
+    /// Token of the last batch (0 if none).
+    pub fn last_token(&self) -> u64 {
+        self.batches.last().map_or(0, |b| b.token)
+    }
+
     /// The head implied by the index.
     pub fn head(&self) -> Head {
         let Some(last) = self.batches.last() else {

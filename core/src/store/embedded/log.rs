@@ -100,7 +100,7 @@ impl EmbeddedLog {
                 )));
                 state.index = Index::build(records, &[]).0;
                 state.head = state.index.head();
-                state.token = state.index.batches.last().map_or(0, |b| b.token);
+                state.token = state.index.last_token();
             }
             None => {}
             Some(file) => {
@@ -113,7 +113,7 @@ impl EmbeddedLog {
                     mismatch
                 })();
                 state.head = index.head();
-                state.token = index.batches.last().map_or(0, |b| b.token);
+                state.token = index.last_token();
                 state.index = index;
                 if let Some(m) = mismatch {
                     state.blocked = Some(modified(m.describe()));
@@ -218,7 +218,7 @@ impl EmbeddedLog {
                 Err(e) => {
                     st.blocked.get_or_insert(e);
                     st.head = st.index.head();
-                    st.token = st.index.batches.last().map_or(0, |b| b.token);
+                    st.token = st.index.last_token();
                 }
             }
         }

@@ -503,8 +503,9 @@ impl Writer {
         #[cfg(feature = "failpoints")]
         synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), self.pos)]);
         for job in ready {
-            // An earlier batch of this file failed to be written: this one must not land after a gap.
-            if let Some(e) = job.log.failure() {
+            // An earlier batch of this file failed to be written (which also stopped the store):
+            // this one must not land after a gap.
+            if let Some(e) = self.broken.as_ref().and_then(|_| job.log.failure()) {
                 job.finish(Err(e));
                 continue;
             }
