@@ -125,13 +125,26 @@ impl Core {
         })?
     }
 
-    /// The remembered result of an AppendOnce with this key, once durable.
+    /// The remembered result of an AppendOnce with this key, once durable. A key that appended to
+    /// another resource is refused: a retry names what the original named.
     async fn once_done(
         &self,
         key: Option<&(String, String)>,
         resource: &ResourceName,
     ) -> Option<Result<(Appended, u64), CoreError>> {
-        let (done, token) = key.and_then(|k| self.inner.lock().once.get(k).copied())?;
+        let (done, token, appended_to) =
+            key.and_then(|k| self.inner.lock().once.get(k).cloned())?;
+        if appended_to != *resource {
+            let (client_id, request_id) = key?;
+            return Some(Err(CoreError::InvalidArgument {
+                field: "request_id",
+                reason: format!(
+                    "client {client_id:?} already used request id {request_id:?} to append to \
+                     {appended_to}; a retry must name the same resource, a new write needs a new \
+                     request id"
+                ),
+            }));
+        }
         Some(
             when_durable(&self.inner, resource, done)
                 .await
@@ -221,7 +234,7 @@ async fn append_fenced(
             rec.remember(request_id, done);
         }
         if let Some(key) = once_key.clone() {
-            st.remember_once(key, (done, args.token));
+            st.remember_once(key, (done, args.token, args.resource.clone()));
         }
         if args.release {
             st.end_lease(&args.lease_id, EndReason::Released, &mut fx);
@@ -277,11 +290,18 @@ fn check_lease(inner: &Arc<Inner>, args: &AppendArgs) -> Result<Checked, CoreErr
         let mut st = inner.lock();
         // A retry of an append that succeeded (even one that released its lease) gets the
         // original result.
-        if let Some(done) = args
+        if let Some((done, leased)) = args
             .request_id
             .as_deref()
             .and_then(|r| st.remembered(&args.lease_id, r))
         {
+            if *leased != args.resource {
+                return Err(CoreError::WrongResource {
+                    lease_id: args.lease_id.clone(),
+                    lease_resource: leased.as_str().to_owned(),
+                    requested: args.resource.as_str().to_owned(),
+                });
+            }
             return Ok(Checked::Duplicate(done));
         }
         let rec = st.live_lease(&args.lease_id, Instant::now(), &mut fx)?;

@@ -124,12 +124,16 @@ pub(super) struct State {
     ended_order: VecDeque<Arc<str>>,
     pub deadlines: Deadlines,
     pub idempotency: HashMap<(String, String), Arc<str>>,
-    /// AppendOnce results by (client id, request id), for retries after a lost reply.
-    pub once: HashMap<(String, String), (Appended, u64)>,
+    /// AppendOnce results by (client id, request id), for retries after a lost reply: the
+    /// result, the token and the resource it was appended to.
+    pub once: HashMap<(String, String), OnceDone>,
     once_order: VecDeque<(String, String)>,
     pub next_waiter: u64,
     pub closed: bool,
 }
+
+/// A remembered AppendOnce: its result, the token it was appended under, and its resource.
+pub(super) type OnceDone = (Appended, u64, ResourceName);
 
 /// What the caller must do after a state change, outside the lock.
 #[derive(Default)]
@@ -259,7 +263,7 @@ impl State {
     }
 
     /// Remembers an AppendOnce result (bounded, oldest forgotten first).
-    pub fn remember_once(&mut self, key: (String, String), result: (Appended, u64)) {
+    pub fn remember_once(&mut self, key: (String, String), result: OnceDone) {
         if self.once_order.len() == TOMBSTONES
             && let Some(old) = self.once_order.pop_front()
         {
@@ -291,16 +295,20 @@ impl State {
         }
     }
 
-    /// The remembered result of `request_id` under lease `id`, live or ended.
-    pub fn remembered(&self, id: &str, request_id: &str) -> Option<Appended> {
-        let appends = match self.leases.get(id) {
-            Some(rec) => &rec.appends,
-            None => &self.ended.get(id)?.appends,
+    /// The remembered result of `request_id` under lease `id`, live or ended, with the lease's
+    /// resource.
+    pub fn remembered(&self, id: &str, request_id: &str) -> Option<(Appended, &ResourceName)> {
+        let (appends, resource) = match self.leases.get(id) {
+            Some(rec) => (&rec.appends, &rec.resource),
+            None => {
+                let ended = self.ended.get(id)?;
+                (&ended.appends, &ended.resource)
+            }
         };
         appends
             .iter()
             .find(|(r, _)| r == request_id)
-            .map(|(_, done)| *done)
+            .map(|(_, done)| (*done, resource))
     }
 
     /// Schedules a new lease's expiry; true if it is the earliest (the expiry task must be told).

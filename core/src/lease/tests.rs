@@ -327,7 +327,7 @@ async fn a_retried_append_with_the_same_request_id_appends_once() {
     let mut req = append(&g, "{\"once\":1}");
     req.request_id = Some("r1".into());
     let first = core.append(req.clone()).await.unwrap();
-    let retry = core.append(req).await.unwrap();
+    let retry = core.append(req.clone()).await.unwrap();
     assert_eq!(first.first_seq, retry.first_seq);
     assert_eq!(
         core.read(&name(), ReadFrom::Seq(1), 100)
@@ -335,6 +335,19 @@ async fn a_retried_append_with_the_same_request_id_appends_once() {
             .unwrap()
             .len(),
         1
+    );
+    // A "retry" naming another resource is not one: the lease does not cover it.
+    let other = ResourceName::parse("agents/other.jsonl").unwrap();
+    req.resource = other.clone();
+    assert_eq!(
+        core.append(req).await.unwrap_err().reason(),
+        "WRONG_RESOURCE"
+    );
+    assert!(
+        core.read(&other, ReadFrom::Seq(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
@@ -415,6 +428,23 @@ async fn append_once_queues_appends_and_releases_and_a_retry_appends_nothing() {
             .len(),
         2
     );
+    // The same request id naming another resource is neither a retry nor a new write.
+    let other = ResourceName::parse("agents/other.jsonl").unwrap();
+    let mut elsewhere = once("tick-1");
+    elsewhere.resource = other.clone();
+    let err = core.append_once(elsewhere).await.unwrap_err();
+    assert!(
+        matches!(&err, CoreError::InvalidArgument { field: "request_id", reason }
+            if reason.contains("agents/main/sessions/s1.jsonl")),
+        "{err}"
+    );
+    assert!(
+        core.read(&other, ReadFrom::Seq(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(core.describe(&other).await.unwrap().holder.is_none());
 }
 
 #[tokio::test(start_paused = true)]
