@@ -140,8 +140,8 @@ impl Core {
                 field: "request_id",
                 reason: format!(
                     "client {client_id:?} already used request id {request_id:?} to append to \
-                     {appended_to}; a retry must name the same resource, a new write needs a new \
-                     request id"
+                     {appended_to}; nothing was appended to {resource}: a retry must name the same \
+                     resource, a new write needs a new request id"
                 ),
             }));
         }
@@ -296,21 +296,21 @@ fn check_lease(inner: &Arc<Inner>, args: &AppendArgs) -> Result<Checked, CoreErr
             .and_then(|r| st.remembered(&args.lease_id, r))
         {
             if *leased != args.resource {
-                return Err(CoreError::WrongResource {
-                    lease_id: args.lease_id.clone(),
-                    lease_resource: leased.as_str().to_owned(),
-                    requested: args.resource.as_str().to_owned(),
-                });
+                return Err(super::wrong_resource(
+                    &args.lease_id,
+                    leased,
+                    &args.resource,
+                ));
             }
             return Ok(Checked::Duplicate(done));
         }
         let rec = st.live_lease(&args.lease_id, Instant::now(), &mut fx)?;
         if rec.resource != args.resource {
-            return Err(CoreError::WrongResource {
-                lease_id: args.lease_id.clone(),
-                lease_resource: rec.resource.as_str().to_owned(),
-                requested: args.resource.as_str().to_owned(),
-            });
+            return Err(super::wrong_resource(
+                &args.lease_id,
+                &rec.resource,
+                &args.resource,
+            ));
         }
         let (lease_token, owner) = (rec.token, rec.owner.clone());
         let res = st

@@ -19,7 +19,7 @@ use crate::resource::ResourceName;
 use crate::store::ResourceLog;
 
 /// Tombstones kept so that late calls on ended leases get a precise answer.
-const TOMBSTONES: usize = 65_536;
+pub(super) const TOMBSTONES: usize = 65_536;
 /// Append results remembered per lease for request-id de-duplication.
 const REMEMBERED_APPENDS: usize = 64;
 
@@ -263,14 +263,20 @@ impl State {
     }
 
     /// Remembers an AppendOnce result (bounded, oldest forgotten first).
+    ///
+    /// A key is in the eviction order once: the same key used again (by concurrent calls, which
+    /// nothing orders when they name different resources) replaces the result, and evicting it
+    /// cannot take a newer entry with it.
     pub fn remember_once(&mut self, key: (String, String), result: OnceDone) {
+        if self.once.insert(key.clone(), result).is_some() {
+            return;
+        }
         if self.once_order.len() == TOMBSTONES
             && let Some(old) = self.once_order.pop_front()
         {
             self.once.remove(&old);
         }
-        self.once_order.push_back(key.clone());
-        self.once.insert(key, result);
+        self.once_order.push_back(key);
     }
 
     /// Forgets the results remembered for a batch that then failed.

@@ -523,3 +523,27 @@ async fn a_keepalive_stream_hears_once_of_each_of_its_leases_ending_and_of_no_ot
     );
     assert!(rx.try_recv().is_err(), "each end is reported once");
 }
+
+#[test]
+fn an_appendonce_key_remembered_twice_is_forgotten_only_when_it_is_the_oldest() {
+    let mut st = state::State::default();
+    let result = |first_seq| {
+        let done = Appended {
+            first_seq,
+            last_seq: first_seq,
+            head: Head::EMPTY,
+        };
+        (done, 1, name())
+    };
+    let key = |i: usize| ("cron".to_owned(), format!("tick-{i}"));
+    st.remember_once(key(0), result(1));
+    // The same key again (concurrent calls naming different resources): the newer result stays.
+    st.remember_once(key(0), result(2));
+    for i in 1..state::TOMBSTONES {
+        st.remember_once(key(i), result(3));
+    }
+    assert_eq!(st.once.get(&key(0)).map(|r| r.0.first_seq), Some(2));
+    st.remember_once(key(state::TOMBSTONES), result(3));
+    assert!(!st.once.contains_key(&key(0)), "the oldest key goes first");
+    assert_eq!(st.once.len(), state::TOMBSTONES);
+}
