@@ -74,6 +74,10 @@ impl Core {
             .request_id
             .as_ref()
             .map(|r| (args.owner.client_id.clone(), r.clone()));
+        let claim = key
+            .as_ref()
+            .map(|k| OnceClaim::take(&self.inner, k, &args.resource))
+            .transpose()?;
         if let Some(done) = self.once_done(key.as_ref(), &args.resource).await {
             return done;
         }
@@ -93,8 +97,10 @@ impl Core {
             return done;
         }
         let core = self.clone();
-        // Spawned so the lease is released even if the caller goes away mid-append.
+        // Spawned so the lease is released even if the caller goes away mid-append; the key stays
+        // claimed until the append is done.
         tokio::spawn(async move {
+            let _claim = claim;
             let lease_id = grant.lease.lease_id.to_string();
             let result = core
                 .append_inner(
@@ -132,18 +138,10 @@ impl Core {
         key: Option<&(String, String)>,
         resource: &ResourceName,
     ) -> Option<Result<(Appended, u64), CoreError>> {
-        let (done, token, appended_to) =
-            key.and_then(|k| self.inner.lock().once.get(k).cloned())?;
+        let key = key?;
+        let (done, token, appended_to) = self.inner.lock().once.get(key).cloned()?;
         if appended_to != *resource {
-            let (client_id, request_id) = key?;
-            return Some(Err(CoreError::InvalidArgument {
-                field: "request_id",
-                reason: format!(
-                    "client {client_id:?} already used request id {request_id:?} to append to \
-                     {appended_to}; nothing was appended to {resource}: a retry must name the same \
-                     resource, a new write needs a new request id"
-                ),
-            }));
+            return Some(Err(key_reused(key, &appended_to, resource)));
         }
         Some(
             when_durable(&self.inner, resource, done)
@@ -170,6 +168,70 @@ impl Core {
             ReadFrom::Epoch(epoch) => log.first_seq_at_epoch(epoch),
         };
         log.read(from_seq, limit).await
+    }
+}
+
+/// An AppendOnce key claimed for one resource while a call with it runs.
+struct OnceClaim {
+    inner: Arc<Inner>,
+    key: (String, String),
+}
+
+impl OnceClaim {
+    /// Claims `key` for `resource`.
+    ///
+    /// # Errors
+    /// The key appended, or is appending, to another resource.
+    fn take(
+        inner: &Arc<Inner>,
+        key: &(String, String),
+        resource: &ResourceName,
+    ) -> Result<Self, CoreError> {
+        let mut st = inner.lock();
+        let used = st
+            .once
+            .get(key)
+            .map(|done| &done.2)
+            .or_else(|| st.once_running.get(key).map(|(running, _)| running));
+        if let Some(other) = used.filter(|other| *other != resource) {
+            return Err(key_reused(key, other, resource));
+        }
+        st.once_running
+            .entry(key.clone())
+            .or_insert_with(|| (resource.clone(), 0))
+            .1 += 1;
+        Ok(Self {
+            inner: inner.clone(),
+            key: key.clone(),
+        })
+    }
+}
+
+impl Drop for OnceClaim {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        if let Some((_, calls)) = st.once_running.get_mut(&self.key) {
+            *calls -= 1;
+            if *calls == 0 {
+                st.once_running.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// An AppendOnce key that appended, or is appending, to `used` named with `requested`.
+fn key_reused(
+    (client_id, request_id): &(String, String),
+    used: &ResourceName,
+    requested: &ResourceName,
+) -> CoreError {
+    CoreError::InvalidArgument {
+        field: "request_id",
+        reason: format!(
+            "client {client_id:?} already used request id {request_id:?} to append to {used}; \
+             nothing was appended to {requested}: a retry must name the same resource, a new \
+             write needs a new request id"
+        ),
     }
 }
 

@@ -128,6 +128,9 @@ pub(super) struct State {
     /// result, the token and the resource it was appended to.
     pub once: HashMap<(String, String), OnceDone>,
     once_order: VecDeque<(String, String)>,
+    /// AppendOnce keys of calls still running, with their resource and how many calls carry
+    /// them: meanwhile the same key naming another resource is refused.
+    pub once_running: HashMap<(String, String), (ResourceName, usize)>,
     pub next_waiter: u64,
     pub closed: bool,
 }
@@ -264,9 +267,8 @@ impl State {
 
     /// Remembers an AppendOnce result (bounded, oldest forgotten first).
     ///
-    /// A key is in the eviction order once: the same key used again (by concurrent calls, which
-    /// nothing orders when they name different resources) replaces the result, and evicting it
-    /// cannot take a newer entry with it.
+    /// A key is in the eviction order once: a key remembered again replaces its result in place,
+    /// so evicting an older use of it can never take the newer one with it.
     pub fn remember_once(&mut self, key: (String, String), result: OnceDone) {
         if self.once.insert(key.clone(), result).is_some() {
             return;

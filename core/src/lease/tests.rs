@@ -397,14 +397,7 @@ async fn a_forced_release_ends_the_lease_and_notifies_watchers() {
 async fn append_once_queues_appends_and_releases_and_a_retry_appends_nothing() {
     let core = core();
     let holder = core.acquire(args("runner", Duration::ZERO)).await.unwrap();
-    let once = |request_id: &str| AppendOnceArgs {
-        resource: name(),
-        owner: args("cron", LONG).owner,
-        wait: LONG,
-        entries: vec![b"{\"cron\":1}".to_vec()],
-        expected_epoch: None,
-        request_id: Some(request_id.into()),
-    };
+    let once = |request_id: &str| cron_once(&name(), request_id);
     let c = core.clone();
     let first = once("tick-1");
     let queued = tokio::spawn(async move { c.append_once(first).await });
@@ -433,18 +426,35 @@ async fn append_once_queues_appends_and_releases_and_a_retry_appends_nothing() {
     let mut elsewhere = once("tick-1");
     elsewhere.resource = other.clone();
     let err = core.append_once(elsewhere).await.unwrap_err();
+    assert_key_refused(&core, &err, &other).await;
+}
+
+/// A cron job's one-line AppendOnce to `resource` with `request_id`, waiting as long as needed.
+fn cron_once(resource: &ResourceName, request_id: &str) -> AppendOnceArgs {
+    AppendOnceArgs {
+        resource: resource.clone(),
+        owner: args("cron", LONG).owner,
+        wait: LONG,
+        entries: vec![b"{\"cron\":1}".to_vec()],
+        expected_epoch: None,
+        request_id: Some(request_id.into()),
+    }
+}
+
+/// `err` refuses an AppendOnce key that is `name()`'s, and `other` was left untouched.
+async fn assert_key_refused(core: &Core, err: &CoreError, other: &ResourceName) {
     assert!(
-        matches!(&err, CoreError::InvalidArgument { field: "request_id", reason }
-            if reason.contains("agents/main/sessions/s1.jsonl")),
+        matches!(err, CoreError::InvalidArgument { field: "request_id", reason }
+            if reason.contains(name().as_str())),
         "{err}"
     );
     assert!(
-        core.read(&other, ReadFrom::Seq(1), 10)
+        core.read(other, ReadFrom::Seq(1), 10)
             .await
             .unwrap()
             .is_empty()
     );
-    assert!(core.describe(&other).await.unwrap().holder.is_none());
+    assert!(core.describe(other).await.unwrap().holder.is_none());
 }
 
 #[tokio::test(start_paused = true)]
@@ -537,7 +547,7 @@ fn an_appendonce_key_remembered_twice_is_forgotten_only_when_it_is_the_oldest() 
     };
     let key = |i: usize| ("cron".to_owned(), format!("tick-{i}"));
     st.remember_once(key(0), result(1));
-    // The same key again (concurrent calls naming different resources): the newer result stays.
+    // The same key again: the newer result stays.
     st.remember_once(key(0), result(2));
     for i in 1..state::TOMBSTONES {
         st.remember_once(key(i), result(3));
@@ -546,4 +556,34 @@ fn an_appendonce_key_remembered_twice_is_forgotten_only_when_it_is_the_oldest() 
     st.remember_once(key(state::TOMBSTONES), result(3));
     assert!(!st.once.contains_key(&key(0)), "the oldest key goes first");
     assert_eq!(st.once.len(), state::TOMBSTONES);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_appendonce_key_in_use_for_one_resource_is_refused_for_another_until_its_call_ends() {
+    let core = core();
+    let holder = core.acquire(args("runner", Duration::ZERO)).await.unwrap();
+    let other = ResourceName::parse("agents/other.jsonl").unwrap();
+    // A call with key tick-1 queues for the held resource; the same key elsewhere is refused.
+    let c = core.clone();
+    let first = cron_once(&name(), "tick-1");
+    let queued = tokio::spawn(async move { c.append_once(first).await });
+    tokio::task::yield_now().await;
+    let err = core
+        .append_once(cron_once(&other, "tick-1"))
+        .await
+        .unwrap_err();
+    assert_key_refused(&core, &err, &other).await;
+    // A call that goes away lets go of its key: tick-2 is then free for another resource.
+    let c = core.clone();
+    let second = cron_once(&name(), "tick-2");
+    let abandoned = tokio::spawn(async move { c.append_once(second).await });
+    tokio::task::yield_now().await;
+    abandoned.abort();
+    assert!(abandoned.await.unwrap_err().is_cancelled());
+    let (done, _) = core.append_once(cron_once(&other, "tick-2")).await.unwrap();
+    assert_eq!(done.first_seq, 1);
+    core.release(&name(), &holder.lease.lease_id).unwrap();
+    let (done, _) = queued.await.unwrap().unwrap();
+    assert_eq!(done.first_seq, 1);
+    assert!(core.inner.lock().once_running.is_empty());
 }
