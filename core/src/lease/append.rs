@@ -188,12 +188,13 @@ impl OnceClaim {
         resource: &ResourceName,
     ) -> Result<Self, CoreError> {
         let mut st = inner.lock();
-        let used = st
-            .once
-            .get(key)
-            .map(|done| &done.2)
-            .or_else(|| st.once_running.get(key).map(|(running, _)| running));
-        if let Some(other) = used.filter(|other| *other != resource) {
+        let remembered = st.once.get(key).map(|done| &done.2);
+        let running = st.once_running.get(key).map(|(running, _)| running);
+        if let Some(other) = remembered
+            .into_iter()
+            .chain(running)
+            .find(|r| *r != resource)
+        {
             return Err(key_reused(key, other, resource));
         }
         st.once_running

@@ -441,6 +441,11 @@ fn cron_once(resource: &ResourceName, request_id: &str) -> AppendOnceArgs {
     }
 }
 
+/// The key of [`cron_once`] with `request_id`.
+fn cron_key(request_id: &str) -> (String, String) {
+    (args("cron", LONG).owner.client_id, request_id.to_owned())
+}
+
 /// `err` refuses an AppendOnce key that is `name()`'s, and `other` was left untouched.
 async fn assert_key_refused(core: &Core, err: &CoreError, other: &ResourceName) {
     assert!(
@@ -578,12 +583,43 @@ async fn an_appendonce_key_in_use_for_one_resource_is_refused_for_another_until_
     let second = cron_once(&name(), "tick-2");
     let abandoned = tokio::spawn(async move { c.append_once(second).await });
     tokio::task::yield_now().await;
+    assert!(
+        core.inner
+            .lock()
+            .once_running
+            .contains_key(&cron_key("tick-2"))
+    );
     abandoned.abort();
     assert!(abandoned.await.unwrap_err().is_cancelled());
+    // Of two calls with one key on one resource, one going away leaves the key claimed.
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, call) = (core.clone(), cron_once(&name(), "tick-3"));
+            tokio::spawn(async move { c.append_once(call).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    calls[0].abort();
+    tokio::task::yield_now().await;
+    let running = core
+        .inner
+        .lock()
+        .once_running
+        .get(&cron_key("tick-3"))
+        .cloned();
+    assert_eq!(running, Some((name(), 1)));
+    let err = core
+        .append_once(cron_once(&other, "tick-3"))
+        .await
+        .unwrap_err();
+    assert_key_refused(&core, &err, &other).await;
     let (done, _) = core.append_once(cron_once(&other, "tick-2")).await.unwrap();
     assert_eq!(done.first_seq, 1);
     core.release(&name(), &holder.lease.lease_id).unwrap();
     let (done, _) = queued.await.unwrap().unwrap();
     assert_eq!(done.first_seq, 1);
+    let [cancelled, kept]: [_; 2] = calls.try_into().unwrap();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    assert_eq!(kept.await.unwrap().unwrap().0.first_seq, 2);
     assert!(core.inner.lock().once_running.is_empty());
 }
