@@ -131,18 +131,14 @@ impl Core {
         })?
     }
 
-    /// The remembered result of an AppendOnce with this key, once durable. A key that appended to
-    /// another resource is refused: a retry names what the original named.
+    /// The remembered result of an AppendOnce with this key, once durable. The caller holds the
+    /// key's [`OnceClaim`] for `resource`, so a remembered result is this resource's.
     async fn once_done(
         &self,
         key: Option<&(String, String)>,
         resource: &ResourceName,
     ) -> Option<Result<(Appended, u64), CoreError>> {
-        let key = key?;
-        let (done, token, appended_to) = self.inner.lock().once.get(key).cloned()?;
-        if appended_to != *resource {
-            return Some(Err(key_reused(key, &appended_to, resource)));
-        }
+        let (done, token, _) = self.inner.lock().once.get(key?).cloned()?;
         Some(
             when_durable(&self.inner, resource, done)
                 .await
