@@ -24,6 +24,7 @@
 //! `skip-replay` (no recovery at start) and `tamper-check-off` (no external-change checks).
 
 mod apply;
+mod direct;
 mod format;
 #[cfg(feature = "failpoints")]
 mod synced;

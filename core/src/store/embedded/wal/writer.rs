@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 
 use super::apply::Work;
+use super::direct::DirectWal;
 use super::format::{HEADER_BYTES, SLOT_BYTES, encode, header_slot};
 use super::{Job, Msg, Stop, store_failed, tamper::tamper_check};
 #[cfg(feature = "failpoints")]
@@ -38,6 +39,8 @@ const SPIN: std::time::Duration = std::time::Duration::from_micros(250);
 
 pub(super) struct Writer {
     wal: File,
+    /// The WAL opened for direct group writes; `None` where the filesystem refuses them.
+    direct: Option<DirectWal>,
     wal_dir: PathBuf,
     /// The generation records are written in.
     generation: u64,
@@ -70,6 +73,7 @@ impl Writer {
     ) -> io::Result<Self> {
         Ok(Self {
             allocated: wal.metadata()?.len(),
+            direct: DirectWal::open(&wal_dir.join("wal"))?,
             wal,
             wal_dir,
             generation,
@@ -170,7 +174,7 @@ impl Writer {
         let durable = (|| -> io::Result<()> {
             fail::fail_point!("wal-write", |arg| Err(injected(arg)));
             self.grow(self.pos + buf.len() as u64)?;
-            self.wal.write_all_at(&buf, self.pos)?;
+            self.write_records(&buf)?;
             fail::fail_point!("wal-written", |_| std::process::abort());
             fail::fail_point!("wal-sync", |arg| Err(injected(arg)));
             self.wal.sync_data()
@@ -230,6 +234,21 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes a group's records at `pos`: directly where the filesystem allows it, else through
+    /// the page cache (from then on, if a direct write is refused).
+    fn write_records(&mut self, buf: &[u8]) -> io::Result<()> {
+        if let Some(direct) = &mut self.direct {
+            match direct.write(buf, self.pos) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(error = %e, "the filesystem refused a direct WAL write; writing through the page cache from now on");
+                    self.direct = None;
+                }
+                result => return result,
+            }
+        }
+        self.wal.write_all_at(buf, self.pos)
+    }
+
     /// Waits until the applier has written every group handed to it.
     fn drain(&self) -> io::Result<()> {
         let gone = || io::Error::other("the thread writing session files stopped");
@@ -252,6 +271,9 @@ impl Writer {
         }
         self.generation = generation;
         self.pos = HEADER_BYTES;
+        if let Some(direct) = &mut self.direct {
+            direct.restart();
+        }
         #[cfg(feature = "failpoints")]
         synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), self.pos)]);
         Ok(())
