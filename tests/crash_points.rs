@@ -245,6 +245,41 @@ async fn injected_write_and_fsync_errors_are_never_acknowledged() {
 }
 
 #[tokio::test]
+async fn a_failed_commit_does_not_fail_an_earlier_batch_still_being_written() {
+    const R: &str = "errors/behind.jsonl";
+    // Session-file writes take half a second, so the second batch is still being written when
+    // the third one's WAL write fails.
+    let mut server = Server::start(
+        ServerOpts::default().failpoints("data-write=sleep(500);wal-write=2*off->return"),
+    );
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":1}"#])
+        .await
+        .expect("first append");
+    let before = server.wal_commits();
+    let (mut c2, lease2) = (c.clone(), lease.clone());
+    let second = tokio::spawn(async move { append(&mut c2, &lease2, &[r#"{"n":2}"#]).await });
+    server.wait_for_commit(before).await; // durable, and being written into the file
+    let failed = append(&mut c, &lease, &[r#"{"n":3}"#]).await;
+    assert_rejected(failed, Code::Internal, "STORAGE_FAILED");
+    let acked = second
+        .await
+        .unwrap()
+        .expect("the durable batch is acknowledged");
+    assert_eq!(acked.first_seq, 2);
+    server.restart();
+    let mut c = server.grpc().await;
+    let data: Vec<Vec<u8>> = read_all(&mut c, R)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(data, [br#"{"n":1}"#.to_vec(), br#"{"n":2}"#.to_vec()]);
+    assert_eq!(describe(&mut c, R).await.blocked, "");
+}
+
+#[tokio::test]
 async fn canary_with_recovery_switched_off_the_crash_check_fails() {
     const R: &str = "points/canary.jsonl";
     let mut server = Server::start(ServerOpts::default().failpoints("data-written=3*off->return"));

@@ -263,3 +263,34 @@ async fn canary_with_tamper_checks_switched_off_foreign_bytes_are_overwritten() 
         "the canary must trip the check"
     );
 }
+
+#[tokio::test]
+async fn a_file_replaced_while_an_earlier_batch_is_still_being_written_is_caught() {
+    const R: &str = "tamper/busy.jsonl";
+    // Every session-file write takes half a second, so a batch is still being written when the
+    // next one is checked.
+    let server = Server::start(ServerOpts::default().failpoints("data-write=sleep(500)"));
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":1}"#])
+        .await
+        .expect("append");
+    let before = server.wal_commits();
+    let (mut c2, lease2) = (c.clone(), lease.clone());
+    let second = tokio::spawn(async move { append(&mut c2, &lease2, &[r#"{"n":2}"#]).await });
+    server.wait_for_commit(before).await; // durable, and being written into the file
+    let path = server.file(R);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, b"{\"n\":1}\n").unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+
+    let refused = append(&mut c, &lease, &[r#"{"n":3}"#]).await;
+    let status = assert_rejected(refused, Code::FailedPrecondition, "EXTERNAL_MODIFICATION");
+    assert!(
+        status.message().contains("replaced"),
+        "{}",
+        status.message()
+    );
+    // The batch that was durable before the file was replaced is still acknowledged.
+    second.await.unwrap().expect("second append");
+}

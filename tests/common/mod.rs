@@ -186,6 +186,23 @@ impl Server {
         std::fs::read(self.file(resource)).unwrap_or_default()
     }
 
+    /// WAL commits the test build of the server has journaled (a line each in
+    /// `.fencepost/synced.log`).
+    pub fn wal_commits(&self) -> usize {
+        let journal = self.data_dir.join(".fencepost/synced.log");
+        std::fs::read_to_string(journal).map_or(0, |s| s.lines().count())
+    }
+
+    /// Waits until more than `before` WAL commits are journaled: a batch sent meanwhile is
+    /// durable.
+    pub async fn wait_for_commit(&self, before: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.wal_commits() <= before {
+            assert!(Instant::now() < deadline, "no WAL commit within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// A fresh raw gRPC connection.
     pub async fn grpc(&self) -> Client {
         connect(&self.endpoint).await

@@ -53,6 +53,9 @@ struct LogState {
     /// then, so on-disk checks wait.
     pending: usize,
     blocked: Option<CoreError>,
+    /// Offset of the first batch that failed: the batches ordered after it fail too, those
+    /// ordered before it (durable, and possibly still being written) do not.
+    failed_from: Option<u64>,
 }
 
 impl EmbeddedLog {
@@ -74,6 +77,7 @@ impl EmbeddedLog {
             token: 0,
             pending: 0,
             blocked: None,
+            failed_from: None,
         };
         let data = paths::open_regular(name, &paths.data, false, false)?;
         let index_bytes = match std::fs::read(&paths.index) {
@@ -196,6 +200,22 @@ impl EmbeddedLog {
         Ok(Some(files))
     }
 
+    /// How long the session file is once every batch acknowledged so far is written: the writer's
+    /// lower bound for the file's length while later batches are being written.
+    pub(super) fn written_len(&self) -> u64 {
+        self.lock().index.head().length
+    }
+
+    /// The error that stopped this log, if a batch at `offset` or before it failed: a batch
+    /// ordered after a failed one fails too.
+    pub(super) fn failed_before(&self, offset: u64) -> Option<CoreError> {
+        let st = self.lock();
+        st.failed_from
+            .is_some_and(|from| from <= offset)
+            .then(|| st.blocked.clone())
+            .flatten()
+    }
+
     /// The error that stopped this log, if any: the writer fails a batch ordered after a failed one.
     pub(super) fn failure(&self) -> Option<CoreError> {
         self.lock().blocked.clone()
@@ -213,13 +233,22 @@ impl EmbeddedLog {
         {
             let mut st = self.lock();
             st.pending = st.pending.saturating_sub(1);
+            let failed = result.is_err();
             match result {
                 Ok(()) => st.index.push(record, hashes),
                 Err(e) => {
                     st.blocked.get_or_insert(e);
-                    st.head = st.index.head();
-                    st.token = st.index.last_token();
+                    st.failed_from = Some(
+                        st.failed_from
+                            .map_or(record.offset, |f| f.min(record.offset)),
+                    );
                 }
+            }
+            // A stopped log's head is what is durable; a batch ordered before the failed one can
+            // still finish after it.
+            if failed || st.blocked.is_some() {
+                st.head = st.index.head();
+                st.token = st.index.last_token();
             }
         }
         self.progress.send_replace(());
@@ -334,7 +363,7 @@ impl ResourceLog for EmbeddedLog {
             }
         };
         // Stat outside the lock; the answer counts only if no append moved the head meanwhile.
-        let detail = wal::changed_on_disk(&self.paths.data, identity, len)?;
+        let detail = wal::changed_on_disk(&self.paths.data, identity, len..=len)?;
         let st = self.lock();
         (st.pending == 0 && st.head.length == len).then(|| CoreError::ExternalModification {
             resource: self.name.as_str().to_owned(),
@@ -442,7 +471,11 @@ impl ResourceLog for EmbeddedLog {
                         Err(missing())
                     };
                 }
-                if let Some(err) = &st.blocked {
+                // A failure of a batch ordered after this one does not fail it: it is still being
+                // written, and finishes on its own.
+                if let Some(err) = &st.blocked
+                    && st.failed_from.is_none_or(|from| from < head.length)
+                {
                     return Err(err.clone());
                 }
                 if st.pending == 0 {

@@ -49,8 +49,23 @@ pub(super) fn spawn(stop: Arc<Stop>, applied: Arc<AtomicU64>) -> io::Result<Send
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("fencepost-apply".into())
-        .spawn(move || applier.run(&rx))?;
+        .spawn(move || {
+            let _guard = StopOnPanic(applier.stop.clone());
+            applier.run(&rx);
+        })?;
     Ok(tx)
+}
+
+/// Stops the store if the applier panics: the writer must not commit batches nobody will write.
+struct StopOnPanic(Arc<Stop>);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .set("the thread writing session files panicked".into());
+        }
+    }
 }
 
 struct Applier {
@@ -87,10 +102,11 @@ impl Applier {
 
     fn apply(&mut self, jobs: Vec<Job>) {
         for job in jobs {
-            // An earlier batch of this file failed to be written (which also stopped the store):
-            // this one must not land after a gap.
+            // A batch of this file ordered before this one failed (which stopped the store): this
+            // one must not land after a gap. One ordered after this one failing (a later group's
+            // WAL write, say) does not matter: this one is durable and is written.
             if self.stop.is_stopped()
-                && let Some(e) = job.log.failure()
+                && let Some(e) = job.log.failed_before(job.expected_len)
             {
                 job.finish(Err(e));
                 continue;

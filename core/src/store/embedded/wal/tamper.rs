@@ -1,14 +1,16 @@
 //! Detecting a session file changed behind the server's back before a batch is committed to it.
 
 use std::io;
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 use super::Job;
 use crate::error::CoreError;
 
-/// Refuses a batch whose session file is not the one, or not as long as, the server left it.
-pub(super) fn tamper_check(job: &Job) -> Result<(), CoreError> {
-    match changed_on_disk(&job.files.data_path, job.files.identity, job.expected_len) {
+/// Refuses a batch whose session file is not the one the server left, or of a length it did not
+/// leave: `lens` (one length, unless earlier batches of the file are being written meanwhile).
+pub(super) fn tamper_check(job: &Job, lens: RangeInclusive<u64>) -> Result<(), CoreError> {
+    match changed_on_disk(&job.files.data_path, job.files.identity, lens) {
         None => Ok(()),
         Some(detail) => Err(CoreError::ExternalModification {
             resource: job.name.as_str().to_owned(),
@@ -18,13 +20,18 @@ pub(super) fn tamper_check(job: &Job) -> Result<(), CoreError> {
 }
 
 /// How the session file differs from what the server left (`None` if it does not): replaced,
-/// deleted, or a different length. One `statx`; in-place edits are found by the full check on open.
+/// deleted, or a length outside `lens`. One `statx`; in-place edits are found by the full check
+/// on open.
 ///
 /// The `statx` asks for type, inode and size only. Asking for timestamps (as a full `lstat` does)
 /// makes the kernel give the file fine-grained timestamps on its next write, so every append
 /// would dirty its inode, and on ext4 every WAL `fdatasync` then writes an inode table block too
 /// (measured: fdatasync p50 143 µs without, 207 µs with).
-pub fn changed_on_disk(path: &Path, identity: (u64, u64), expected_len: u64) -> Option<String> {
+pub fn changed_on_disk(
+    path: &Path,
+    identity: (u64, u64),
+    lens: RangeInclusive<u64>,
+) -> Option<String> {
     fail::fail_point!("tamper-check-off", |_| None);
     let len = match identity_and_len(path) {
         Ok((found, regular, len)) => {
@@ -38,15 +45,16 @@ pub fn changed_on_disk(path: &Path, identity: (u64, u64), expected_len: u64) -> 
         }
         Err(e) => return Some(format!("unreadable: {e}")),
     };
-    match len.cmp(&expected_len) {
-        std::cmp::Ordering::Equal => None,
-        std::cmp::Ordering::Greater => Some(format!(
-            "appended: {} foreign bytes at {expected_len}..{len}",
-            len - expected_len
-        )),
-        std::cmp::Ordering::Less => Some(format!(
-            "truncated: {len} bytes on disk, {expected_len} recorded"
-        )),
+    let (least, most) = lens.into_inner();
+    if len > most {
+        Some(format!(
+            "appended: {} foreign bytes at {most}..{len}",
+            len - most
+        ))
+    } else if len < least {
+        Some(format!("truncated: {len} bytes on disk, {least} recorded"))
+    } else {
+        None
     }
 }
 
@@ -68,5 +76,36 @@ fn identity_and_len(path: &Path) -> io::Result<((u64, u64), bool, u64)> {
             Ok(((m.dev(), m.ino()), m.file_type().is_file(), m.len()))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_length_outside_the_range_is_named_and_one_inside_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        std::fs::write(&path, [b'x'; 10]).unwrap();
+        let identity = identity_and_len(&path).unwrap().0;
+        assert_eq!(changed_on_disk(&path, identity, 10..=10), None);
+        assert_eq!(changed_on_disk(&path, identity, 4..=16), None);
+        let over = changed_on_disk(&path, identity, 2..=8).unwrap();
+        assert_eq!(over, "appended: 2 foreign bytes at 8..10");
+        let under = changed_on_disk(&path, identity, 12..=16).unwrap();
+        assert_eq!(under, "truncated: 10 bytes on disk, 12 recorded");
+        let other = (identity.0, identity.1 + 1);
+        assert!(
+            changed_on_disk(&path, other, 10..=10)
+                .unwrap()
+                .starts_with("replaced")
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            changed_on_disk(&path, identity, 10..=10)
+                .unwrap()
+                .starts_with("deleted")
+        );
     }
 }

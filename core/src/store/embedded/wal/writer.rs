@@ -149,11 +149,15 @@ impl Writer {
                 continue;
             }
             let identity = job.files.identity;
-            // A file with batches the applier has not written yet (of this group or an earlier
-            // one) is checked against where they end; any other on disk.
             let checked = match self.ends.get(&identity) {
-                Some(&(end, _)) if end == job.expected_len => Ok(()),
-                _ => tamper_check(&job),
+                // A batch that follows another of this group is checked with it.
+                Some(&(end, last)) if last == seq && end == job.expected_len => Ok(()),
+                // The applier may be writing earlier batches of the file meanwhile: it is as long
+                // as what was acknowledged (read before the stat), or longer, up to where they end.
+                Some(&(end, _)) if end == job.expected_len => {
+                    tamper_check(&job, job.log.written_len()..=end)
+                }
+                _ => tamper_check(&job, job.expected_len..=job.expected_len),
             };
             match checked {
                 Ok(()) => {
