@@ -261,6 +261,10 @@ async fn a_failed_commit_does_not_fail_an_earlier_batch_still_being_written() {
     let (mut c2, lease2) = (c.clone(), lease.clone());
     let second = tokio::spawn(async move { append(&mut c2, &lease2, &[r#"{"n":2}"#]).await });
     server.wait_for_commit(before).await; // durable, and being written into the file
+    assert!(
+        !second.is_finished(),
+        "the second batch must still be being written, or this tests nothing"
+    );
     let failed = append(&mut c, &lease, &[r#"{"n":3}"#]).await;
     assert_rejected(failed, Code::Internal, "STORAGE_FAILED");
     let acked = second

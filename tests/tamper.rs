@@ -284,6 +284,10 @@ async fn a_file_replaced_while_an_earlier_batch_is_still_being_written_is_caught
     std::fs::write(&tmp, b"{\"n\":1}\n").unwrap();
     std::fs::rename(&tmp, &path).unwrap();
 
+    assert!(
+        !second.is_finished(),
+        "the second batch must still be being written, or this tests nothing"
+    );
     let refused = append(&mut c, &lease, &[r#"{"n":3}"#]).await;
     let status = assert_rejected(refused, Code::FailedPrecondition, "EXTERNAL_MODIFICATION");
     assert!(
