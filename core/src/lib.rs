@@ -3,6 +3,7 @@
 //! Knows nothing of gRPC: the server maps [`Core`] calls and [`CoreError`]s to the wire.
 
 pub mod config;
+mod detach;
 pub mod entry;
 pub mod error;
 pub mod lease;

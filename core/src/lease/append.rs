@@ -9,6 +9,7 @@ use super::types::{
     AcquireArgs, AppendArgs, AppendOnceArgs, Appended, EndReason, Event, EventKind,
 };
 use super::{Core, Inner};
+use crate::detach::Detach;
 use crate::entry::validate_batch;
 use crate::error::CoreError;
 use crate::model::{StoredEntry, now_unix_micros};
@@ -48,17 +49,13 @@ impl Core {
         super::check_key("request_id", args.request_id.as_deref())?;
         let inner = self.inner.clone();
         let resource = args.resource.clone();
-        tokio::spawn(async move {
+        Detach::new(async move {
             let result = append_fenced(inner.clone(), args, once_key).await;
             // The gate is open again: a lease that ended meanwhile may have left the entry idle.
             inner.lock().forget_if_idle(&resource);
             result
         })
         .await
-        .map_err(|e| CoreError::StorageFailed {
-            resource: "*".into(),
-            detail: format!("append task failed: {e}"),
-        })?
     }
 
     /// Waits for the lease, appends one batch and releases: a co-tenant writer's whole write in

@@ -23,6 +23,8 @@ struct MemStore {
 struct MemLog {
     entries: StdMutex<Vec<StoredEntry>>,
     head: StdMutex<Option<Head>>,
+    /// A test holding this for writing keeps appends from becoming durable.
+    durability: tokio::sync::RwLock<()>,
 }
 
 #[async_trait]
@@ -81,6 +83,7 @@ impl ResourceLog for MemLog {
         Ok(head)
     }
     async fn durable(&self, _head: Head) -> Result<(), CoreError> {
+        let _durable = self.durability.read().await;
         Ok(())
     }
     async fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEntry>, CoreError> {
@@ -370,6 +373,38 @@ async fn compare_and_append_checks_the_epoch_and_batches_advance_it_by_one() {
         core.append(wrong).await.unwrap_err().reason(),
         "WRONG_RESOURCE"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_append_whose_caller_goes_away_once_it_is_ordered_still_finishes() {
+    let store = Arc::new(MemStore::default());
+    let core = Core::new(store.clone(), Limits::default());
+    let g = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    let log = store.logs.lock().unwrap()[&name()].clone();
+    let not_durable = log.durability.write().await;
+    let mut events = core.subscribe();
+    let mut call = Box::pin(core.append(AppendArgs {
+        request_id: Some("r1".into()),
+        ..append(&g, r#"{"n":1}"#)
+    }));
+    // One poll orders the batch; then the call waits for it to be durable, and its caller goes.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    assert!(first.is_pending());
+    drop(call);
+    assert_eq!(log.head().next_seq, 2, "ordered");
+    drop(not_durable);
+    // The rest ran anyway: the event is sent, and a retry gets the original result.
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+    assert_eq!(event.expect("an event").unwrap().kind, EventKind::Appended);
+    let retry = core
+        .append(AppendArgs {
+            request_id: Some("r1".into()),
+            ..append(&g, r#"{"n":1}"#)
+        })
+        .await
+        .unwrap();
+    assert_eq!((retry.first_seq, retry.last_seq), (1, 1));
+    assert_eq!(log.entries.lock().unwrap().len(), 1, "appended once");
 }
 
 #[tokio::test(start_paused = true)]
