@@ -6,8 +6,10 @@ use std::task::{Context, Poll};
 
 /// Runs a future in the caller's task; if the caller drops it before it completes, the rest runs
 /// on a task of its own. For work that must not stop halfway (an append that is ordered but not
-/// yet durable, whose retry state and event come after), without spawning a task, and waking
-/// two, on every call: W1 with 16 clients ran about 3% faster than with a task per append.
+/// yet durable, whose retry state and event come after; a grant, which must install the lease or
+/// pass it on), without spawning a task, and waking two, on every call: W1 with 16 clients ran
+/// about 3% faster than with a task per append, and about 3% faster again with uncontended
+/// grants run this way.
 pub(crate) struct Detach<F>(Option<Pin<Box<F>>>)
 where
     F: Future + Send + 'static,

@@ -17,6 +17,8 @@ use crate::store::{NewBatch, ResourceLog};
 struct MemStore {
     logs: Mutex<HashMap<ResourceName, Arc<MemLog>>>,
     tokens: AtomicU64,
+    /// A test holding this for writing keeps logs from opening (grants wait).
+    opening: tokio::sync::RwLock<()>,
 }
 
 #[derive(Default)]
@@ -30,6 +32,7 @@ struct MemLog {
 #[async_trait]
 impl Store for MemStore {
     async fn open(&self, name: &ResourceName) -> Result<Arc<dyn ResourceLog>, CoreError> {
+        let _open = self.opening.read().await;
         Ok(self
             .logs
             .lock()
@@ -405,6 +408,31 @@ async fn an_append_whose_caller_goes_away_once_it_is_ordered_still_finishes() {
         .unwrap();
     assert_eq!((retry.first_seq, retry.last_seq), (1, 1));
     assert_eq!(log.entries.lock().unwrap().len(), 1, "appended once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acquire_whose_caller_goes_away_while_it_is_granted_passes_the_lease_on() {
+    let store = Arc::new(MemStore::default());
+    let core = Core::new(store.clone(), Limits::default());
+    let not_open = store.opening.write().await;
+    let mut events = core.subscribe();
+    let mut call = Box::pin(core.acquire(args("a", LONG)));
+    // The resource is free: one poll starts granting it to this call, which waits for the log.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    assert!(first.is_pending());
+    drop(call);
+    drop(not_open);
+    // The grant finished without its caller and passed the lease on: the next one gets it.
+    let next = tokio::time::timeout(LONG, core.acquire(args("b", LONG)))
+        .await
+        .expect("granted in time")
+        .unwrap();
+    assert_eq!(next.lease.owner.name, "b");
+    assert_eq!(events.recv().await.unwrap().kind, EventKind::Granted);
+    assert_eq!(
+        events.recv().await.unwrap().kind,
+        EventKind::Ended(EndReason::Released)
+    );
 }
 
 #[tokio::test(start_paused = true)]
