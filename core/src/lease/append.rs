@@ -27,8 +27,10 @@ pub enum ReadFrom {
 
 impl Core {
     /// Appends a batch under a live lease and its current token; durable before it returns.
-    /// Runs to completion even if the caller's future is dropped, so a cancelled request never
-    /// leaves a half-known outcome on the server.
+    /// Runs to completion even if the caller's future is dropped (the rest moves to a task of its
+    /// own on the current Tokio runtime), so a cancelled request never leaves a half-known outcome
+    /// on the server. The future must be polled to completion or dropped: held but not polled, it
+    /// can keep other appends to the resource waiting.
     ///
     /// # Errors
     /// Fencing rejections ([`CoreError::StaleToken`], [`CoreError::LeaseEnded`],
