@@ -233,7 +233,6 @@ impl EmbeddedLog {
         {
             let mut st = self.lock();
             st.pending = st.pending.saturating_sub(1);
-            let failed = result.is_err();
             match result {
                 Ok(()) => st.index.push(record, hashes),
                 Err(e) => {
@@ -244,9 +243,9 @@ impl EmbeddedLog {
                     );
                 }
             }
-            // A stopped log's head is what is durable; a batch ordered before the failed one can
-            // still finish after it.
-            if failed || st.blocked.is_some() {
+            // A stopped log's head is what is durable (a failure always stops it); a batch ordered
+            // before the failed one can still finish after it.
+            if st.blocked.is_some() {
                 st.head = st.index.head();
                 st.token = st.index.last_token();
             }
