@@ -76,6 +76,8 @@ fn hostile_names(outside: &Path) -> Vec<String> {
         "",
         "a//b.jsonl",
         "a/b/",
+        // Would put a directory where another resource's index file goes.
+        "s.jsonl.idx/x.jsonl",
         "a b.jsonl",
         "*.jsonl",
         "a?b.jsonl",
@@ -203,6 +205,7 @@ async fn names_using_the_whole_grammar_are_accepted_and_mirrored_on_disk() {
         "1/2/3/4/5/6/7/8.jsonl".to_owned(),
         "a/.../b..c.jsonl".to_owned(),
         "-leading-dash.jsonl".to_owned(),
+        "ends-like-an-index.idx".to_owned(),
         seg("y", 128),
         exactly_512,
     ];

@@ -65,3 +65,30 @@ fn the_core_flow_works_over_a_unix_socket_with_fencepostctl() {
     assert_ctl_error(&stale, EXIT_STALE, "LEASE_RELEASED");
     assert_eq!(server.file_bytes(R), jsonl(LINES));
 }
+
+#[test]
+fn a_listen_path_that_is_not_a_socket_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let victim = dir.path().join("notes.jsonl");
+    std::fs::write(&victim, b"{\"keep\":true}\n").expect("write");
+    let listen = format!("unix:{}", victim.display());
+    let data_dir = dir.path().join("data");
+    let out = run_fencepost([
+        std::ffi::OsStr::new("--listen"),
+        listen.as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+    ]);
+
+    assert!(!out.status.success(), "must exit non-zero");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("exists and is not a socket"),
+        "stderr names the reason: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&victim).expect("still there"),
+        b"{\"keep\":true}\n",
+        "the file at the listen path is untouched"
+    );
+}

@@ -13,11 +13,14 @@ pub const MAX_SEGMENT_LEN: usize = 128;
 pub const MAX_NAME_LEN: usize = 512;
 /// First segment reserved for the server's own metadata.
 pub const RESERVED_SEGMENT: &str = ".fencepost";
+/// Ending of the server's index files, refused on directory segments.
+pub const INDEX_SUFFIX: &str = ".idx";
 
 /// A validated resource name such as `agents/main/sessions/4f1c2a.jsonl`.
 ///
 /// Cheap to clone. The grammar is 1-8 `/`-separated segments of `[A-Za-z0-9._:@+-]{1,128}`, at most
-/// 512 bytes, no `.` or `..` segment, and not under the reserved `.fencepost/` tree.
+/// 512 bytes, no `.` or `..` segment, no directory segment ending in `.idx`, and not under the
+/// reserved `.fencepost/` tree.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ResourceName(Arc<str>);
 
@@ -62,6 +65,19 @@ impl ResourceName {
         }
         for (i, seg) in segments.iter().enumerate() {
             check_segment(i, seg).map_err(bad)?;
+        }
+        // A resource's index is `<name>.idx` in a mirror of the tree, so a directory named like
+        // that would collide with another resource's index file.
+        if let Some((i, seg)) = segments[..segments.len() - 1]
+            .iter()
+            .enumerate()
+            .find(|(_, seg)| seg.ends_with(INDEX_SUFFIX))
+        {
+            return Err(bad(format!(
+                "segment {} ({seg}) is a directory ending in '{INDEX_SUFFIX}', which the server \
+                 reserves for its index files; only the last segment may end that way",
+                i + 1
+            )));
         }
         if segments[0] == RESERVED_SEGMENT {
             return Err(bad(format!(
@@ -144,6 +160,7 @@ mod tests {
             "sessions.json",
             "a/b/c/d/e/f/g/h",
             "user@host+x/-_.jsonl",
+            "a/b.idx",
         ] {
             assert_eq!(ResourceName::parse(name).unwrap().as_str(), name);
         }
@@ -177,6 +194,10 @@ mod tests {
             ("a/é", "'é'"),
             (".fencepost/index", "reserved"),
             ("a\nb", "'\\n'"),
+            (
+                "s.jsonl.idx/x",
+                "segment 1 (s.jsonl.idx) is a directory ending in '.idx'",
+            ),
         ];
         for (name, needle) in cases {
             let err = ResourceName::parse(name).unwrap_err().to_string();

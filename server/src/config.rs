@@ -6,6 +6,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use fencepost_core::Limits;
 
+/// Longest duration any setting takes (a day).
+const LONGEST: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// `fencepost`: lease-and-fence coordination for append-only session files.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "fencepost", version, about)]
@@ -99,6 +102,21 @@ impl Config {
             scan_interval: self.scan_interval,
             ..defaults
         };
+        // Deadlines are `now + duration`: bounded, so no client request can overflow them.
+        for (flag, value) in [
+            ("--max-ttl", limits.max_ttl),
+            ("--max-wait", limits.max_wait),
+            ("--scan-interval", limits.scan_interval),
+            ("--drain-timeout", self.drain_timeout),
+        ] {
+            if value > LONGEST {
+                return Err(format!(
+                    "{flag} is {}; the limit is {}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(LONGEST)
+                ));
+            }
+        }
         if limits.default_ttl > limits.max_ttl || limits.default_ttl < limits.min_ttl {
             return Err(format!(
                 "--default-ttl must be between {:?} and --max-ttl ({:?})",

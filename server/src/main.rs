@@ -1,5 +1,6 @@
 //! The `fencepost` server binary: reads config, starts tracing, opens the store, binds, serves.
 
+use std::os::unix::fs::FileTypeExt;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -95,13 +96,23 @@ async fn bind(addr: &ListenAddr) -> Result<(Listener, String), String> {
             Ok((Listener::Tcp(l), local.to_string()))
         }
         ListenAddr::Unix(path) => {
-            if path.exists() {
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    return Err(format!("{} is in use by a running server", path.display()));
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.file_type().is_socket() => {
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        return Err(format!("{} is in use by a running server", path.display()));
+                    }
+                    // A socket left behind by a crashed server.
+                    std::fs::remove_file(path)
+                        .map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?;
                 }
-                // A socket left behind by a crashed server.
-                std::fs::remove_file(path)
-                    .map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?;
+                // Only a socket is ever replaced: anything else there may be someone's data.
+                Ok(_) => {
+                    return Err(format!(
+                        "{} exists and is not a socket; choose another --listen path or move it",
+                        path.display()
+                    ));
+                }
+                Err(_) => {}
             }
             let l = tokio::net::UnixListener::bind(path)
                 .map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))?;

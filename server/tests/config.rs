@@ -27,6 +27,21 @@ fn inconsistent_limits_are_refused_with_a_message_and_no_data_dir() {
             "--max-entry-bytes",
         ),
         (vec!["--listen", "unix:"], "socket path"),
+        (
+            vec![
+                "--default-ttl",
+                "300000000000y",
+                "--max-ttl",
+                "300000000000y",
+            ],
+            "--max-ttl is",
+        ),
+        (
+            vec!["--max-wait", "2days"],
+            "--max-wait is 2days; the limit is 1day",
+        ),
+        (vec!["--scan-interval", "100years"], "--scan-interval is"),
+        (vec!["--drain-timeout", "25h"], "--drain-timeout is"),
     ] {
         let out = fencepost(&args, dir.path());
         let stderr = String::from_utf8_lossy(&out.stderr);

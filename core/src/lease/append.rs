@@ -285,11 +285,8 @@ async fn append_fenced(
     let mut fx = Effects::default();
     {
         let mut st = inner.lock();
-        if let (Some(request_id), Some(rec)) = (
-            args.request_id.clone(),
-            st.leases.get_mut(args.lease_id.as_str()),
-        ) {
-            rec.remember(request_id, done);
+        if let Some(request_id) = args.request_id.clone() {
+            st.remember_append(&args.lease_id, request_id, done);
         }
         if let Some(key) = once_key.clone() {
             st.remember_once(key, (done, args.token, args.resource.clone()));

@@ -573,6 +573,9 @@ impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id {
             self.core.inner.lock().remove_waiter(self.resource, id);
+            // Closed first, so a grant under way either landed already (and is released here) or
+            // finds the receiver gone (and passes the lease on itself); none is left in between.
+            self.rx.close();
             if let Ok(Ok(grant)) = self.rx.try_recv() {
                 let _ = self
                     .core

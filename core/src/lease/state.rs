@@ -99,13 +99,14 @@ impl LeaseRec {
             owner: self.owner.clone(),
         }
     }
+}
 
-    pub fn remember(&mut self, request_id: String, result: Appended) {
-        if self.appends.len() == REMEMBERED_APPENDS {
-            self.appends.pop_front();
-        }
-        self.appends.push_back((request_id, result));
+/// Adds an append result to a lease's remembered ones (bounded, oldest forgotten first).
+fn remember(appends: &mut VecDeque<(String, Appended)>, request_id: String, result: Appended) {
+    if appends.len() == REMEMBERED_APPENDS {
+        appends.pop_front();
     }
+    appends.push_back((request_id, result));
 }
 
 /// What is remembered of an ended lease.
@@ -279,6 +280,20 @@ impl State {
             self.once.remove(&old);
         }
         self.once_order.push_back(key);
+    }
+
+    /// Remembers the result of `request_id` under lease `id`, live or ended: a lease can end
+    /// (expire, be force-released) while a batch checked under it is being ordered, and a retry
+    /// after a lost reply must still get the original result, not append again.
+    pub fn remember_append(&mut self, id: &str, request_id: String, result: Appended) {
+        let appends = match self.leases.get_mut(id) {
+            Some(rec) => &mut rec.appends,
+            None => match self.ended.get_mut(id) {
+                Some(ended) => &mut ended.appends,
+                None => return,
+            },
+        };
+        remember(appends, request_id, result);
     }
 
     /// Forgets the results remembered for a batch that then failed.

@@ -27,6 +27,8 @@ struct MemLog {
     head: StdMutex<Option<Head>>,
     /// A test holding this for writing keeps appends from becoming durable.
     durability: tokio::sync::RwLock<()>,
+    /// A test holding this for writing keeps appends from being ordered.
+    ordering: tokio::sync::RwLock<()>,
 }
 
 #[async_trait]
@@ -65,6 +67,7 @@ impl ResourceLog for MemLog {
         None
     }
     async fn append(&self, batch: NewBatch) -> Result<Head, CoreError> {
+        let _order = self.ordering.read().await;
         let mut head = self.head();
         let mut entries = self.entries.lock().unwrap();
         for line in batch.entries {
@@ -407,6 +410,34 @@ async fn an_append_whose_caller_goes_away_once_it_is_ordered_still_finishes() {
         .await
         .unwrap();
     assert_eq!((retry.first_seq, retry.last_seq), (1, 1));
+    assert_eq!(log.entries.lock().unwrap().len(), 1, "appended once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_gets_the_original_result_when_the_lease_ended_while_the_batch_was_ordered() {
+    let store = Arc::new(MemStore::default());
+    let core = Core::new(store.clone(), Limits::default());
+    let g = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    let log = store.logs.lock().unwrap()[&name()].clone();
+    let not_ordered = log.ordering.write().await;
+    let req = AppendArgs {
+        request_id: Some("r1".into()),
+        ..append(&g, r#"{"n":1}"#)
+    };
+    let mut call = Box::pin(core.append(req.clone()));
+    // The lease is checked, then the call waits for the store to order the batch.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    assert!(first.is_pending());
+    // Meanwhile the lease ends (an operator, or its TTL). The checked batch still goes in.
+    assert!(matches!(
+        core.force_release(&name()),
+        ReleaseOutcome::Released(_)
+    ));
+    drop(not_ordered);
+    let done = call.await.unwrap();
+    // Its reply is lost; the retry must get the original result, not an error that invites a
+    // second append.
+    assert_eq!(core.append(req).await.unwrap(), done);
     assert_eq!(log.entries.lock().unwrap().len(), 1, "appended once");
 }
 

@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::CoreError;
-use crate::resource::{RESERVED_SEGMENT, ResourceName};
+use crate::resource::{INDEX_SUFFIX, RESERVED_SEGMENT, ResourceName};
 
 /// The on-disk locations of one resource.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ impl ResourcePaths {
         let data = root.join(name.as_str());
         let index = meta_dir(root)
             .join("index")
-            .join(format!("{}.idx", name.as_str()));
+            .join(format!("{}{INDEX_SUFFIX}", name.as_str()));
         Self { data, index }
     }
 }
