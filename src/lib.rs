@@ -12,5 +12,9 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/fencepost_descriptor.bin"));
 
+/// Most lease ids one KeepAlive message may name; a client with more splits them over several
+/// messages.
+pub const MAX_KEEPALIVE_IDS: usize = 10_000;
+
 /// The `google.rpc.ErrorInfo` domain of every fencepost error.
 pub const ERROR_DOMAIN: &str = "fencepost.dev";

@@ -96,6 +96,48 @@ async fn a_keepalive_stream_holds_a_lease_past_several_ttls() {
 }
 
 #[tokio::test]
+async fn a_keepalive_message_naming_too_many_leases_ends_its_stream_only() {
+    const R: &str = "leases/bounded-keepalive.jsonl";
+    let server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, R, 30_000).await;
+    let (ok_tx, mut ok_replies) = keepalive(&mut c, vec![lease.lease_id.clone()]).await;
+    assert!(next_reply(&mut ok_replies).await.leases[0].alive);
+
+    let too_many = vec![lease.lease_id.clone(); fencepost::MAX_KEEPALIVE_IDS + 1];
+    let (_tx, mut replies) = keepalive(&mut c, too_many).await;
+    let status = tokio::time::timeout(WAIT, replies.message())
+        .await
+        .expect("answered in time")
+        .expect_err("the stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("10001 leases in one message; the limit is 10000"),
+        "{status:?}"
+    );
+
+    // The limit itself is fine, and the other stream and the lease are untouched.
+    let (_at_limit_tx, mut at_limit) = keepalive(
+        &mut c,
+        vec![lease.lease_id.clone(); fencepost::MAX_KEEPALIVE_IDS],
+    )
+    .await;
+    assert_eq!(
+        next_reply(&mut at_limit).await.leases.len(),
+        fencepost::MAX_KEEPALIVE_IDS
+    );
+    ok_tx
+        .send(KeepAliveRequest {
+            lease_ids: vec![lease.lease_id.clone()],
+        })
+        .await
+        .expect("queue");
+    assert!(next_reply(&mut ok_replies).await.leases[0].alive);
+}
+
+#[tokio::test]
 async fn a_keepalive_stream_is_told_at_once_when_its_lease_is_force_released() {
     const R: &str = "leases/forced.jsonl";
     let server = Server::start(ServerOpts::default());

@@ -147,12 +147,18 @@ impl Task {
         }
         let mut lease_ids: Vec<String> = self.leases.keys().cloned().collect();
         lease_ids.sort_unstable();
-        match open.requests.try_send(KeepAliveRequest {
-            lease_ids: lease_ids.clone(),
-        }) {
-            Ok(()) => open.in_flight.push(now, lease_ids),
-            Err(mpsc::error::TrySendError::Full(_)) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => self.broken(),
+        // The server takes a bounded number of ids per message.
+        for chunk in lease_ids.chunks(proto::MAX_KEEPALIVE_IDS) {
+            match open.requests.try_send(KeepAliveRequest {
+                lease_ids: chunk.to_vec(),
+            }) {
+                Ok(()) => open.in_flight.push(now, chunk.to_vec()),
+                Err(mpsc::error::TrySendError::Full(_)) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.broken();
+                    return;
+                }
+            }
         }
     }
 

@@ -252,11 +252,12 @@ impl Core {
     ) -> Vec<LeaseStatus> {
         let now = Instant::now();
         let mut fx = Effects::default();
-        let statuses = {
+        let mut statuses = Vec::with_capacity(lease_ids.len());
+        // The lock is taken per chunk, so one large request never holds up other clients' calls.
+        for chunk in lease_ids.chunks(RENEWALS_PER_LOCK) {
             let mut st = self.inner.lock();
-            lease_ids
-                .iter()
-                .map(|id| match st.live_lease(id.as_ref(), now, &mut fx) {
+            statuses.extend(chunk.iter().map(|id| {
+                match st.live_lease(id.as_ref(), now, &mut fx) {
                     Ok(rec) => {
                         if let Some(tx) = loss {
                             rec.watch_loss(tx);
@@ -265,9 +266,9 @@ impl Core {
                     }
                     Err(CoreError::LeaseEnded { reason, .. }) => LeaseStatus::Ended(reason),
                     Err(_) => LeaseStatus::Unknown,
-                })
-                .collect()
-        };
+                }
+            }));
+        }
         self.inner.apply(fx);
         statuses
     }
@@ -294,6 +295,29 @@ impl Core {
         resource: &ResourceName,
         lease_id: &str,
     ) -> Result<ReleaseOutcome, CoreError> {
+        self.end(resource, lease_id, EndReason::Released)
+    }
+
+    /// Operator action: ends lease `lease_id` on `resource` if it is still live; its holder is told
+    /// it was lost. Unlike [`Core::force_release`], a lease that holds the resource by now (the
+    /// named one expired meanwhile) is left alone.
+    ///
+    /// # Errors
+    /// As [`Core::release`].
+    pub fn force_release_lease(
+        &self,
+        resource: &ResourceName,
+        lease_id: &str,
+    ) -> Result<ReleaseOutcome, CoreError> {
+        self.end(resource, lease_id, EndReason::Forced)
+    }
+
+    fn end(
+        &self,
+        resource: &ResourceName,
+        lease_id: &str,
+        reason: EndReason,
+    ) -> Result<ReleaseOutcome, CoreError> {
         let now = Instant::now();
         let mut fx = Effects::default();
         let result = {
@@ -304,7 +328,7 @@ impl Core {
                 }
                 Ok(rec) => {
                     let id = rec.id.clone();
-                    st.end_lease(&id, EndReason::Released, &mut fx);
+                    st.end_lease(&id, reason, &mut fx);
                     Ok(ReleaseOutcome::Released(id))
                 }
                 Err(CoreError::LeaseEnded { reason, .. }) => {
@@ -522,6 +546,9 @@ fn wrong_resource(
         requested: requested.as_str().to_owned(),
     }
 }
+
+/// Leases renewed per hold of the state lock by [`Core::keepalive_many`].
+const RENEWALS_PER_LOCK: usize = 256;
 
 /// Longest idempotency key or request id, in bytes.
 pub const MAX_KEY_LEN: usize = 128;

@@ -467,6 +467,37 @@ async fn an_acquire_whose_caller_goes_away_while_it_is_granted_passes_the_lease_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_forced_release_of_a_named_lease_leaves_a_later_holder_alone() {
+    let core = core();
+    let first = core.acquire(args("a", Duration::ZERO)).await.unwrap();
+    core.release(&name(), &first.lease.lease_id).unwrap();
+    let second = core.acquire(args("b", Duration::ZERO)).await.unwrap();
+    // The operator aimed at the first lease, which ended meanwhile.
+    assert_eq!(
+        core.force_release_lease(&name(), &first.lease.lease_id)
+            .unwrap(),
+        ReleaseOutcome::AlreadyEnded(first.lease.lease_id.clone(), EndReason::Released)
+    );
+    let holder = core.describe(&name()).await.unwrap().holder;
+    assert_eq!(
+        holder.map(|h| h.lease_id),
+        Some(second.lease.lease_id.clone())
+    );
+    assert_eq!(
+        core.force_release_lease(&name(), &second.lease.lease_id)
+            .unwrap(),
+        ReleaseOutcome::Released(second.lease.lease_id.clone())
+    );
+    assert!(matches!(
+        core.append(append(&second, "{}")).await.unwrap_err(),
+        CoreError::LeaseEnded {
+            reason: EndReason::Forced,
+            ..
+        }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_forced_release_ends_the_lease_and_notifies_watchers() {
     let core = core();
     let mut events = core.subscribe();

@@ -91,7 +91,12 @@ impl Fencepost for Service {
         let req = req.into_inner();
         let resource = convert::resource(&req.resource)?;
         let outcome = match (req.force, req.lease_id.is_empty()) {
-            (true, _) => self.core.force_release(&resource),
+            (true, true) => self.core.force_release(&resource),
+            // A named lease only: if it ended meanwhile, whoever holds the resource now stays.
+            (true, false) => self
+                .core
+                .force_release_lease(&resource, &req.lease_id)
+                .map_err(|e| status(&e))?,
             (false, false) => self
                 .core
                 .release(&resource, &req.lease_id)

@@ -37,6 +37,10 @@ pub fn keepalive(
         loop {
             let reply = tokio::select! {
                 msg = inbound.message() => match msg {
+                    Ok(Some(req)) if req.lease_ids.len() > proto::MAX_KEEPALIVE_IDS => {
+                        let _ = tx.send(Err(too_many_ids(req.lease_ids.len()))).await;
+                        break;
+                    }
                     Ok(Some(req)) => renew_all(&core, req.lease_ids, &loss_tx),
                     Ok(None) | Err(_) => break,
                 },
@@ -55,6 +59,17 @@ pub fn keepalive(
         }
     });
     Box::pin(ReceiverStream::new(rx))
+}
+
+fn too_many_ids(count: usize) -> Status {
+    convert::invalid(
+        "lease_ids",
+        format!(
+            "names {count} leases in one message; the limit is {}: split them over several \
+             messages",
+            proto::MAX_KEEPALIVE_IDS
+        ),
+    )
 }
 
 fn renew_all(core: &Core, ids: Vec<String>, loss: &LossSender) -> v1::KeepAliveResponse {
