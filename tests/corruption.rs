@@ -142,3 +142,79 @@ async fn a_fifo_planted_at_a_resource_path_is_refused_without_blocking() {
     assert_eq!(error_reason(&err).as_deref(), Some("INVALID_RESOURCE"));
     assert_healthy(&mut c, "fifo-neighbour/s.jsonl").await;
 }
+
+/// A server whose resources each have a checkpointed batch and a newer one still only in the
+/// write-ahead log (the server was killed), so the test can damage files before replay.
+async fn killed_server_with(resources: &[&str]) -> Server {
+    let mut server = stopped_server_with(resources).await;
+    server.restart();
+    let mut c = server.grpc().await;
+    for r in resources {
+        let lease = acquire(&mut c, r, 30_000).await;
+        append(&mut c, &lease, &[r#"{"n":4,"logged":"yes"}"#])
+            .await
+            .expect("append");
+    }
+    server.kill9();
+    server
+}
+
+/// The lines replay kept aside for `resource`, from any WAL generation.
+fn held_lines(server: &Server, resource: &str) -> Option<Vec<u8>> {
+    let held = server.data_dir().join(".fencepost/held");
+    std::fs::read_dir(held)
+        .ok()?
+        .filter_map(|generation| std::fs::read(generation.ok()?.path().join(resource)).ok())
+        .next()
+}
+
+#[tokio::test]
+async fn damage_made_while_a_killed_server_was_down_is_left_alone_and_the_logged_lines_kept() {
+    const TRUNCATED: &str = "down/truncated.jsonl";
+    const DELETED: &str = "down/deleted.jsonl";
+    const DIRECTORY: &str = "down/now-a-dir.jsonl";
+    const INDEX: &str = "down/index.jsonl";
+    const GOOD: &str = "down/good.jsonl";
+    let mut server = killed_server_with(&[TRUNCATED, DELETED, DIRECTORY, INDEX, GOOD]).await;
+    let logged = b"{\"n\":4,\"logged\":\"yes\"}\n".to_vec();
+
+    // Cut inside the checkpointed lines, before where the logged batch starts.
+    let truncated = server.file_bytes(TRUNCATED)[..10].to_vec();
+    std::fs::write(server.file(TRUNCATED), &truncated).unwrap();
+    std::fs::remove_file(server.file(DELETED)).unwrap();
+    std::fs::remove_file(server.file(DIRECTORY)).unwrap();
+    std::fs::create_dir(server.file(DIRECTORY)).unwrap();
+    let index = index_path(&server, INDEX);
+    let mut index_bytes = std::fs::read(&index).unwrap();
+    index_bytes[3] ^= 0x40;
+    std::fs::write(&index, &index_bytes).unwrap();
+
+    // The server starts: one damaged resource does not keep the others from being served.
+    server.restart();
+    let mut c = server.grpc().await;
+    assert_healthy(&mut c, GOOD).await;
+
+    // Nothing is written into the damaged ones, and the acknowledged lines are kept aside.
+    assert_eq!(server.file_bytes(TRUNCATED), truncated, "not filled in");
+    assert!(!server.file(DELETED).exists(), "not recreated with a hole");
+    assert!(server.file(DIRECTORY).is_dir());
+    assert_eq!(
+        std::fs::read(&index).unwrap(),
+        index_bytes,
+        "index untouched"
+    );
+    for r in [TRUNCATED, DELETED, DIRECTORY, INDEX] {
+        assert_eq!(held_lines(&server, r).as_deref(), Some(&logged[..]), "{r}");
+    }
+    assert_eq!(held_lines(&server, GOOD), None, "restored in place");
+
+    // Each damaged resource refuses appends with what is wrong with it.
+    let blocked = describe(&mut c, TRUNCATED).await.blocked;
+    assert!(blocked.contains("truncated"), "{blocked}");
+    let blocked = describe(&mut c, DELETED).await.blocked;
+    assert!(blocked.contains("deleted"), "{blocked}");
+    let refused = try_acquire(&mut c, DIRECTORY, owner("a"), 30_000, 0).await;
+    assert_rejected(refused, Code::InvalidArgument, "INVALID_RESOURCE");
+    let refused = try_acquire(&mut c, INDEX, owner("a"), 30_000, 0).await;
+    assert_rejected(refused, Code::DataLoss, "CORRUPT_METADATA");
+}

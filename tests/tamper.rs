@@ -181,6 +181,36 @@ async fn a_partial_foreign_line_is_not_adopted() {
 }
 
 #[tokio::test]
+async fn a_deleted_session_file_is_not_adopted_until_it_exists_again() {
+    const R: &str = "tamper/deleted.jsonl";
+    let server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":1}"#])
+        .await
+        .expect("append");
+    release(&mut c, &lease).await;
+    std::fs::remove_file(server.file(R)).unwrap();
+    let refused = adopt(&mut c, R).await;
+    let status = assert_rejected(refused, Code::FailedPrecondition, "EXTERNAL_MODIFICATION");
+    assert!(
+        status
+            .message()
+            .contains("is missing, so there is nothing to adopt"),
+        "{}",
+        status.message()
+    );
+    // The way out the message names works.
+    std::fs::write(server.file(R), b"").unwrap();
+    adopt(&mut c, R).await.expect("adopt the empty file");
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":2}"#])
+        .await
+        .expect("appends work again");
+    assert_eq!(server.file_bytes(R), b"{\"n\":2}\n");
+}
+
+#[tokio::test]
 async fn the_periodic_scan_reports_a_change_on_watch_and_adoption_is_reported_too() {
     const R: &str = "tamper/scanned.jsonl";
     let server = Server::start(ServerOpts::default().arg("--scan-interval", "200ms"));

@@ -13,14 +13,16 @@ pub const MAX_SEGMENT_LEN: usize = 128;
 pub const MAX_NAME_LEN: usize = 512;
 /// First segment reserved for the server's own metadata.
 pub const RESERVED_SEGMENT: &str = ".fencepost";
-/// Ending of the server's index files, refused on directory segments.
+/// Ending of the server's index files.
 pub const INDEX_SUFFIX: &str = ".idx";
+/// Ending of an index file while adoption rewrites it.
+pub const ADOPTING_SUFFIX: &str = ".idx.adopt";
 
 /// A validated resource name such as `agents/main/sessions/4f1c2a.jsonl`.
 ///
 /// Cheap to clone. The grammar is 1-8 `/`-separated segments of `[A-Za-z0-9._:@+-]{1,128}`, at most
-/// 512 bytes, no `.` or `..` segment, no directory segment ending in `.idx`, and not under the
-/// reserved `.fencepost/` tree.
+/// 512 bytes, no `.` or `..` segment, no directory segment ending in `.idx` or `.idx.adopt`, and
+/// not under the reserved `.fencepost/` tree.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ResourceName(Arc<str>);
 
@@ -68,16 +70,17 @@ impl ResourceName {
         }
         // A resource's index is `<name>.idx` in a mirror of the tree, so a directory named like
         // that would collide with another resource's index file.
-        if let Some((i, seg)) = segments[..segments.len() - 1]
-            .iter()
-            .enumerate()
-            .find(|(_, seg)| seg.ends_with(INDEX_SUFFIX))
-        {
-            return Err(bad(format!(
-                "segment {} ({seg}) is a directory ending in '{INDEX_SUFFIX}', which the server \
-                 reserves for its index files; only the last segment may end that way",
-                i + 1
-            )));
+        for (i, seg) in segments[..segments.len() - 1].iter().enumerate() {
+            if let Some(suffix) = [INDEX_SUFFIX, ADOPTING_SUFFIX]
+                .into_iter()
+                .find(|suffix| seg.ends_with(suffix))
+            {
+                return Err(bad(format!(
+                    "segment {} ({seg}) is a directory ending in '{suffix}', which the server \
+                     reserves for its index files; only the last segment may end that way",
+                    i + 1
+                )));
+            }
         }
         if segments[0] == RESERVED_SEGMENT {
             return Err(bad(format!(

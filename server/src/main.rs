@@ -72,6 +72,7 @@ async fn run(config: Config) -> Result<(), String> {
         replayed_records = report.records,
         replayed_resources = report.resources,
         wal_generation = report.generation,
+        held_back = report.held_back.len(),
         "store open"
     );
     let core = Core::new(Arc::new(store), limits);

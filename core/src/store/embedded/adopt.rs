@@ -28,7 +28,7 @@ fn operator() -> Arc<Owner> {
 ///
 /// # Errors
 /// [`CoreError::InvalidResource`] if the path is unsafe; [`CoreError::ExternalModification`] if
-/// the file does not end with a newline (fix the last line first); storage errors.
+/// the file is missing or does not end with a newline (fix the last line first); storage errors.
 pub fn adopt(
     root: &std::path::Path,
     name: &ResourceName,
@@ -37,7 +37,17 @@ pub fn adopt(
     paths::check(root, name)?;
     let data = match paths::open_regular(name, &p.data, false, false)? {
         Some(_) => fs::read(&p.data).map_err(|e| paths::io_error(name, &p.data, &e))?,
-        None => Vec::new(),
+        // Adopting nothing would leave an index without a file, which is refused again at once.
+        None => {
+            return Err(CoreError::ExternalModification {
+                resource: name.as_str().to_owned(),
+                detail: format!(
+                    "the session file {} is missing, so there is nothing to adopt; to accept it \
+                     as empty, create an empty file there and adopt again",
+                    p.data.display()
+                ),
+            });
+        }
     };
     let index_bytes = match fs::read(&p.index) {
         Ok(b) => b,
@@ -100,12 +110,12 @@ pub fn adopt(
     }
     let dir = p.index.parent().expect("index has a parent");
     fs::create_dir_all(dir).map_err(|e| paths::io_error(name, dir, &e))?;
-    let tmp = p.index.with_extension("idx.adopt");
+    let tmp = &p.adopting;
     let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = fs::File::create(tmp)?;
         f.write_all(&out)?;
         f.sync_all()?;
-        fs::rename(&tmp, &p.index)?;
+        fs::rename(tmp, &p.index)?;
         sync_dir(dir)
     };
     write().map_err(|e| paths::io_error(name, &p.index, &e))?;

@@ -47,6 +47,32 @@ pub struct EmbeddedStore {
     replayed: ReplayReport,
 }
 
+/// Refuses a metadata dir that is a link or on another filesystem than the data dir: a checkpoint
+/// syncs the WAL's filesystem only, so the session files must share it.
+fn one_filesystem(root: &Path, meta: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let link = match std::fs::symlink_metadata(meta) {
+        Ok(link) => link,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if link.file_type().is_symlink() {
+        return Err(io::Error::other(format!(
+            "{} is a symbolic link; it must be a directory on the data dir's filesystem",
+            meta.display()
+        )));
+    }
+    if link.dev() != std::fs::metadata(root)?.dev() {
+        return Err(io::Error::other(format!(
+            "{} is on another filesystem than {}; the write-ahead log must share the session \
+             files' filesystem",
+            meta.display(),
+            root.display()
+        )));
+    }
+    Ok(())
+}
+
 impl EmbeddedStore {
     /// Opens (creating if needed) the data directory: takes its lock, replays the WAL, starts the
     /// writer. Blocking; call before serving.
@@ -54,10 +80,11 @@ impl EmbeddedStore {
     /// # Errors
     /// The data dir is in use by another server, or recovery failed (the message says where).
     pub fn open(root: &Path) -> io::Result<Self> {
-        let meta = paths::meta_dir(root);
-        std::fs::create_dir_all(meta.join("index"))?;
+        std::fs::create_dir_all(root)?;
         let root = root.canonicalize()?;
         let meta = paths::meta_dir(&root);
+        one_filesystem(&root, &meta)?;
+        std::fs::create_dir_all(meta.join("index"))?;
         let lock = take_lock(&meta.join("lock"), &root)?;
         let tokens = Tokens::load(meta.join("tokens"))?;
 

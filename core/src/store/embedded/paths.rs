@@ -5,11 +5,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::CoreError;
-use crate::resource::{INDEX_SUFFIX, RESERVED_SEGMENT, ResourceName};
+use crate::resource::{ADOPTING_SUFFIX, INDEX_SUFFIX, RESERVED_SEGMENT, ResourceName};
 
 /// The on-disk locations of one resource.
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct ResourcePaths {
     pub data: PathBuf,
     /// Its entry index: `<root>/.fencepost/index/<name>.idx`.
     pub index: PathBuf,
+    /// Where adoption writes the new index before renaming it over the old one.
+    pub adopting: PathBuf,
 }
 
 /// The server's metadata directory inside the data root.
@@ -29,10 +31,14 @@ impl ResourcePaths {
     /// Paths of `name` under `root` (no I/O).
     pub fn new(root: &Path, name: &ResourceName) -> Self {
         let data = root.join(name.as_str());
-        let index = meta_dir(root)
-            .join("index")
-            .join(format!("{}{INDEX_SUFFIX}", name.as_str()));
-        Self { data, index }
+        let indexes = meta_dir(root).join("index");
+        let index = indexes.join(format!("{}{INDEX_SUFFIX}", name.as_str()));
+        let adopting = indexes.join(format!("{}{ADOPTING_SUFFIX}", name.as_str()));
+        Self {
+            data,
+            index,
+            adopting,
+        }
     }
 }
 
@@ -66,10 +72,25 @@ fn walk(root: &Path, name: &ResourceName, create: bool) -> Result<Vec<PathBuf>, 
     let segments: Vec<&str> = name.segments().collect();
     let mut dir = root.to_path_buf();
     let mut changed = Vec::new();
+    let device = fs::metadata(root)
+        .map_err(|e| io_error(name, root, &e))?
+        .dev();
     for (i, seg) in segments.iter().enumerate() {
         let path = dir.join(seg);
         let last = i + 1 == segments.len();
         match fs::symlink_metadata(&path) {
+            // A checkpoint makes the WAL's filesystem durable in one call: a session file on
+            // another one (below a mount point) would not be.
+            Ok(meta) if meta.dev() != device => {
+                return Err(unsafe_path(
+                    name,
+                    format!(
+                        "segment {} ({seg}) is on another filesystem than the data dir (a mount \
+                         point); keep every session file on the data dir's filesystem",
+                        i + 1
+                    ),
+                ));
+            }
             Ok(meta) if meta.file_type().is_symlink() => {
                 return Err(unsafe_path(
                     name,
