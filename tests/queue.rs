@@ -2,6 +2,8 @@
 //! processes contending for one resource.
 
 mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use std::collections::BTreeSet;
 
@@ -10,6 +12,7 @@ use common::rpc::*;
 use common::*;
 use fencepost as proto;
 use proto::v1::ReleaseOutcome;
+use proxy::Proxy;
 use tonic::Code;
 
 #[tokio::test]
@@ -83,6 +86,29 @@ async fn a_cancelled_waiter_leaves_the_queue_at_once() {
     let state = describe(&mut c, R).await;
     assert_eq!(state.holder.expect("holder").lease_id, lease.lease_id);
     assert_eq!(state.waiters, 0);
+}
+
+#[tokio::test]
+async fn a_waiter_whose_client_vanished_without_closing_its_connection_leaves_the_queue() {
+    const R: &str = "queue/vanished.jsonl";
+    let server = Server::start(
+        ServerOpts::default()
+            .arg("--ping-interval", "200ms")
+            .arg("--ping-timeout", "300ms"),
+    );
+    let mut c = server.grpc().await;
+    let _holder = acquire(&mut c, R, 30_000).await;
+    let proxy = Proxy::start(server.endpoint()).await;
+    let vanishing = connect(&proxy.endpoint()).await;
+    let _waiting = spawn_acquire(&vanishing, R, owner("vanishing"), 30_000, 60_000);
+    wait_for_waiters(&c, R, 1).await;
+
+    // Its host goes silent: nothing reaches it any more, and nobody closes the connection.
+    proxy.drop_replies();
+    // The server's pings go unanswered, so it closes the connection and the call ends.
+    wait_for_waiters(&c, R, 0).await;
+    // Live clients answer the pings and keep their connections.
+    assert_eq!(describe(&mut c, R).await.waiters, 0);
 }
 
 #[tokio::test]

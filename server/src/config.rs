@@ -49,6 +49,16 @@ pub struct Config {
     #[arg(long, env = "FENCEPOST_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// How often the server pings each connection (HTTP/2 PING) to find clients that vanished
+    /// without closing it (host down, network cut).
+    #[arg(long, env = "FENCEPOST_PING_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// How long a ping may go unanswered before its connection is closed: the client's calls end,
+    /// and its queued acquires leave their queues.
+    #[arg(long, env = "FENCEPOST_PING_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ping_timeout: Duration,
+
     /// Log format on stderr.
     #[arg(long, env = "FENCEPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -108,6 +118,8 @@ impl Config {
             ("--max-wait", limits.max_wait),
             ("--scan-interval", limits.scan_interval),
             ("--drain-timeout", self.drain_timeout),
+            ("--ping-interval", self.ping_interval),
+            ("--ping-timeout", self.ping_timeout),
         ] {
             if value > LONGEST {
                 return Err(format!(
@@ -122,6 +134,11 @@ impl Config {
                 "--default-ttl must be between {:?} and --max-ttl ({:?})",
                 limits.min_ttl, limits.max_ttl
             ));
+        }
+        if self.ping_interval < Duration::from_millis(100)
+            || self.ping_timeout < Duration::from_millis(100)
+        {
+            return Err("--ping-interval and --ping-timeout must be at least 100ms".into());
         }
         if limits.scan_interval < Duration::from_millis(100) {
             return Err("--scan-interval must be at least 100ms".into());

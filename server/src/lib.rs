@@ -6,6 +6,7 @@ pub mod service;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use fencepost as proto;
 use fencepost_core::Core;
@@ -36,17 +37,32 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// How connections are kept and closed.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnOpts {
+    /// How long a shutdown waits for in-flight calls and open connections.
+    pub drain_timeout: Duration,
+    /// How often each connection is pinged (HTTP/2 PING).
+    pub ping_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub ping_timeout: Duration,
+}
+
 /// Serves `core` on `listener` until `shutdown` resolves, then drains: new Acquires are refused,
 /// long-lived streams end, in-flight calls finish, and the store is made durable.
+///
+/// Every connection is pinged, so a client that vanished without closing its connection (host
+/// down, network cut) is noticed: its connection closes, and its queued acquires leave the queue.
 ///
 /// # Errors
 /// A transport failure.
 pub async fn serve(
     listener: Listener,
     core: Core,
-    drain_timeout: std::time::Duration,
+    opts: ConnOpts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let ConnOpts { drain_timeout, .. } = opts;
     let limits = core.limits().clone();
     let streams_done = CancellationToken::new();
     let api = FencepostServer::new(Service::new(core.clone(), streams_done.clone()))
@@ -89,6 +105,8 @@ pub async fn serve(
         }
     };
     let router = Server::builder()
+        .http2_keepalive_interval(Some(opts.ping_interval))
+        .http2_keepalive_timeout(Some(opts.ping_timeout))
         .add_service(health)
         .add_service(reflection)
         .add_service(api);

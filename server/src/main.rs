@@ -8,7 +8,7 @@ use clap::Parser;
 use fencepost_core::Core;
 use fencepost_core::store::embedded::EmbeddedStore;
 use fencepost_server::config::{Config, ListenAddr, LogFormat};
-use fencepost_server::{Listener, serve};
+use fencepost_server::{ConnOpts, Listener, serve};
 use tokio::signal::unix::{SignalKind, signal};
 
 // Every request allocates (frames, messages, records); glibc's malloc spent ~9% of the server's
@@ -82,7 +82,12 @@ async fn run(config: Config) -> Result<(), String> {
         serde_json::json!({"event": "listening", "addr": shown})
     );
     tracing::info!(addr = %shown, "listening");
-    serve(listener, core, config.drain_timeout, shutdown_signal())
+    let opts = ConnOpts {
+        drain_timeout: config.drain_timeout,
+        ping_interval: config.ping_interval,
+        ping_timeout: config.ping_timeout,
+    };
+    serve(listener, core, opts, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }

@@ -90,10 +90,16 @@ impl Core {
             })
             .await?;
         // A retry that queued behind the original finds its result here, after the original
-        // released the lease.
-        if let Some(done) = self.once_done(key.as_ref(), &args.resource).await {
+        // released the lease. The lease is passed on before waiting for that result to be
+        // durable, so nobody waits on it and a caller that goes away leaves nothing held.
+        let remembered = key
+            .as_ref()
+            .and_then(|k| self.inner.lock().once.get(k).cloned());
+        if let Some((done, token, _)) = remembered {
             let _ = self.release(&args.resource, &grant.lease.lease_id);
-            return done;
+            return when_durable(&self.inner, &args.resource, done)
+                .await
+                .map(|done| (done, token));
         }
         let core = self.clone();
         // Spawned so the lease is released even if the caller goes away mid-append; the key stays

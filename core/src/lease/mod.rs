@@ -134,7 +134,7 @@ impl Core {
             if st.closed {
                 return Err(CoreError::ShuttingDown);
             }
-            if let Some(grant) = existing_grant(&mut st, &args) {
+            if let Some(grant) = existing_grant(&mut st, &args)? {
                 return Ok(grant);
             }
             let res = st.resources.entry(resource.clone()).or_default();
@@ -499,24 +499,41 @@ impl Core {
 }
 
 /// A retried Acquire with the same idempotency key gets its live lease back.
-fn existing_grant(st: &mut State, args: &AcquireArgs) -> Option<Grant> {
-    let key = args.idempotency_key.as_ref()?;
-    let id = st
+///
+/// # Errors
+/// The key holds a live lease on another resource: a retry must name the same resource.
+fn existing_grant(st: &mut State, args: &AcquireArgs) -> Result<Option<Grant>, CoreError> {
+    let Some(key) = args.idempotency_key.as_ref() else {
+        return Ok(None);
+    };
+    let Some(id) = st
         .idempotency
-        .get(&(args.owner.client_id.clone(), key.clone()))?
-        .clone();
+        .get(&(args.owner.client_id.clone(), key.clone()))
+        .cloned()
+    else {
+        return Ok(None);
+    };
     let now = Instant::now();
-    let rec = st
-        .leases
-        .get(&id)
-        .filter(|l| l.deadline > now && l.resource == args.resource)?;
+    let Some(rec) = st.leases.get(&id).filter(|l| l.deadline > now) else {
+        return Ok(None);
+    };
+    if rec.resource != args.resource {
+        return Err(CoreError::InvalidArgument {
+            field: "idempotency_key",
+            reason: format!(
+                "client {:?} already holds lease {id} on {} under key {key:?}; a retry must name \
+                 the same resource, a new acquire needs a new key",
+                args.owner.client_id, rec.resource
+            ),
+        });
+    }
     let view = rec.view(now);
     let head = st
         .resources
         .get(&args.resource)
         .and_then(|r| r.log.as_ref())
         .map_or(Head::EMPTY, |l| l.head());
-    Some(Grant { lease: view, head })
+    Ok(Some(Grant { lease: view, head }))
 }
 
 fn busy(st: &State, resource: &ResourceName, waited: Duration) -> CoreError {

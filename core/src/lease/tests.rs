@@ -330,6 +330,33 @@ async fn a_retried_acquire_with_the_same_key_gets_the_same_lease() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_acquire_key_holding_a_lease_is_refused_for_another_resource() {
+    let core = core();
+    let mut a = args("a", Duration::ZERO);
+    a.idempotency_key = Some("turn-7".into());
+    let first = core.acquire(a.clone()).await.unwrap();
+    let mut elsewhere = a.clone();
+    elsewhere.resource = ResourceName::parse("agents/other.jsonl").unwrap();
+    let err = core.acquire(elsewhere).await.unwrap_err();
+    assert_eq!(err.reason(), "INVALID_ARGUMENT");
+    assert!(
+        err.to_string()
+            .contains("a retry must name the same resource"),
+        "{err}"
+    );
+    // The key still finds its lease, and once that ends the key is free again.
+    assert_eq!(
+        core.acquire(a).await.unwrap().lease.lease_id,
+        first.lease.lease_id
+    );
+    core.release(&name(), &first.lease.lease_id).unwrap();
+    let mut reused = args("a", Duration::ZERO);
+    reused.idempotency_key = Some("turn-7".into());
+    reused.resource = ResourceName::parse("agents/other.jsonl").unwrap();
+    assert!(core.acquire(reused).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_retried_append_with_the_same_request_id_appends_once() {
     let core = core();
     let g = core.acquire(args("a", Duration::ZERO)).await.unwrap();
