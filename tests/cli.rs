@@ -76,6 +76,12 @@ fn bad_input_exits_2_naming_the_reason_and_changes_nothing() {
         server.file_bytes(R).is_empty(),
         "the whole batch was refused"
     );
+    // Five valid entries of almost 1 MiB each: over the batch limit, and over what the server's
+    // transport takes at all, which refuses it before the server sees it.
+    let line = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(1_000_000));
+    let huge = ctl_append(endpoint, &lease, lease.token, line.repeat(5).as_bytes());
+    assert_ctl_error(&huge, EXIT_BAD_INPUT, "BATCH_TOO_LARGE");
+    assert!(server.file_bytes(R).is_empty());
     let state = ctl_object(&ctl(endpoint, ["describe", R], None));
     assert_eq!(
         state["holder"]["lease_id"].as_str(),
@@ -156,4 +162,27 @@ fn append_with_release_appends_and_frees_the_resource_in_one_call() {
     let next = ctl_acquire(endpoint, R, &[]);
     assert!(next.token > lease.token);
     assert_eq!(server.file_bytes(R), b"{\"n\":1}\n{\"n\":2}\n");
+}
+
+#[test]
+fn an_append_rerun_with_the_same_request_id_appends_once() {
+    const R: &str = "cli/rerun.jsonl";
+    let server = Server::start(ServerOpts::default());
+    let endpoint = server.endpoint();
+    let lease = ctl_acquire(endpoint, R, &[]);
+    let run = || {
+        ctl_object(&ctl_append_with(
+            endpoint,
+            &lease,
+            lease.token,
+            &["--request-id", "turn-7"],
+            b"{\"n\":1}\n",
+        ))
+    };
+    let first = run();
+    // A script that did not see the first answer runs the command again.
+    let again = run();
+    assert_eq!(first["first_seq"], again["first_seq"]);
+    assert_eq!(first["head"], again["head"]);
+    assert_eq!(server.file_bytes(R), b"{\"n\":1}\n", "appended once");
 }

@@ -204,7 +204,25 @@ async fn an_invalid_line_anywhere_in_a_batch_rejects_the_whole_batch() {
     }
 
     let empty = append_raw(&mut c, R, &lease.lease_id, lease.token, Vec::new()).await;
-    assert_rejected(empty, Code::InvalidArgument, "INVALID_ENTRY");
+    let status = assert_rejected(empty, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert!(
+        status.message().contains("the batch has no entries"),
+        "{}",
+        status.message()
+    );
+    let many = vec![b"{}".to_vec(); 10_001];
+    let status = assert_rejected(
+        append_raw(&mut c, R, &lease.lease_id, lease.token, many).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert!(
+        status
+            .message()
+            .contains("10001 entries; the limit is 10000"),
+        "{}",
+        status.message()
+    );
     assert_eq!(server.file_bytes(R), file);
 
     let ok = append(&mut c, &lease, &[r#"{"n":2}"#])

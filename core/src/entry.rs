@@ -10,17 +10,18 @@ use crate::error::CoreError;
 /// # Errors
 /// [`CoreError::InvalidEntry`], [`CoreError::EntryTooLarge`] or [`CoreError::BatchTooLarge`].
 pub fn validate_batch(entries: &[Vec<u8>], limits: &Limits) -> Result<(), CoreError> {
+    // About the batch as a whole, so not an entry's error (there is no entry to name).
     if entries.is_empty() {
-        return Err(CoreError::InvalidEntry {
-            index: 0,
-            reason: "the batch has no entries".into(),
+        return Err(CoreError::InvalidArgument {
+            field: "entries",
+            reason: "the batch has no entries; send at least one".into(),
         });
     }
     if entries.len() > limits.max_batch_entries {
-        return Err(CoreError::InvalidEntry {
-            index: limits.max_batch_entries,
+        return Err(CoreError::InvalidArgument {
+            field: "entries",
             reason: format!(
-                "the batch has {} entries; the limit is {}",
+                "the batch has {} entries; the limit is {}: split it into several batches",
                 entries.len(),
                 limits.max_batch_entries
             ),
@@ -127,5 +128,18 @@ mod tests {
             validate_batch(&lines, &limits),
             Err(CoreError::BatchTooLarge { .. })
         ));
+        for (entries, needle) in [
+            (Vec::new(), "no entries"),
+            (
+                vec![b"{}".to_vec(); 10_001],
+                "10001 entries; the limit is 10000",
+            ),
+        ] {
+            let err = validate_batch(&entries, &Limits::default()).unwrap_err();
+            assert!(
+                matches!(&err, CoreError::InvalidArgument { field: "entries", reason } if reason.contains(needle)),
+                "{err}"
+            );
+        }
     }
 }

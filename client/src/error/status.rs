@@ -34,6 +34,17 @@ impl From<tonic::Status> for Error {
                 reason: reason.unwrap_or_else(|| "INVALID_ARGUMENT".to_owned()),
                 message,
             },
+            // The server's transport refused a request larger than any batch it accepts, before
+            // the server could say so itself: the same mistake as a batch over the limit.
+            (Code::OutOfRange, None) if message.contains("message length too large") => {
+                Self::InvalidInput {
+                    reason: "BATCH_TOO_LARGE".to_owned(),
+                    message: format!(
+                        "the request is larger than the server accepts (its --max-batch-bytes \
+                         plus framing); split the batch: {message}"
+                    ),
+                }
+            }
             (Code::Unavailable, _) => Self::Unavailable { message },
             // tonic made this status itself from an I/O, HTTP/2 or hyper failure (a status the
             // server sent has no source): the connection broke under the call.
@@ -216,6 +227,19 @@ mod tests {
         let err = Error::from(status);
         assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
         assert!(err.is_transient());
+    }
+
+    #[test]
+    fn a_request_the_servers_transport_refused_as_too_large_is_bad_input() {
+        let status = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 5000068 bytes, the limit is: 4390912 bytes",
+        );
+        let err = Error::from(status);
+        assert!(
+            matches!(&err, Error::InvalidInput { reason, .. } if reason == "BATCH_TOO_LARGE"),
+            "{err:?}"
+        );
+        assert!(!err.is_transient());
     }
 
     #[test]

@@ -62,6 +62,11 @@ pub struct AppendArgs {
     /// accepted; the reply still waits until the batch is durable).
     #[arg(long)]
     release: bool,
+    /// Makes re-running the command safe: the same id under the same lease returns the first
+    /// run's result and appends nothing (while the server remembers it; not across a restart).
+    /// Default: a fresh id per run.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
 }
 
 /// Reads one JSON object per line from stdin and appends them all as one atomic batch.
@@ -76,7 +81,7 @@ pub async fn append(conn: &Connection, args: AppendArgs) -> Result<(), Failure> 
             token: args.token,
             entries,
             expected_epoch: args.expect_epoch,
-            request_id: String::new(),
+            request_id: args.request_id.unwrap_or_default(),
             release: args.release,
         })
         .await?;
