@@ -3,6 +3,11 @@
 //! The ceiling file holds a number above every token issued so far. It is raised by a block
 //! (write, fsync, rename, fsync the directory) before any token above the old ceiling is handed
 //! out, so after a crash the next token starts above anything ever issued, at one fsync per block.
+//!
+//! A ceiling file that is lost, or restored from an older copy of the data dir, would let tokens
+//! repeat. So each start also begins at the wall clock, in microseconds since the Unix epoch: the
+//! tokens of a run rise by one per grant from about its start time, so (at fewer than a million
+//! grants a second) every token issued before is below the clock of any later start.
 
 use std::fs;
 use std::io::{self, Write};
@@ -11,6 +16,7 @@ use std::path::PathBuf;
 use tokio::sync::Mutex;
 
 use super::paths::sync_dir;
+use crate::model::now_unix_micros;
 
 /// Tokens reserved per ceiling raise. Large, so that a raise (two fsyncs, during which grants
 /// wait) is rare even at tens of thousands of grants per second; a restart skips what is left of
@@ -31,6 +37,14 @@ impl Tokens {
     /// # Errors
     /// An unreadable or malformed ceiling file: starting anyway could reuse tokens.
     pub fn load(path: PathBuf) -> io::Result<Self> {
+        Self::load_at(path, now_unix_micros())
+    }
+
+    /// [`Tokens::load`] at wall-clock time `now` (microseconds since the Unix epoch).
+    ///
+    /// # Errors
+    /// As [`Tokens::load`].
+    fn load_at(path: PathBuf, now: u64) -> io::Result<Self> {
         let ceiling = match fs::read_to_string(&path) {
             Ok(s) => s.trim().parse::<u64>().map_err(|e| {
                 io::Error::new(
@@ -46,7 +60,7 @@ impl Tokens {
         };
         Ok(Self {
             path,
-            state: Mutex::new((ceiling.saturating_add(1), ceiling)),
+            state: Mutex::new((ceiling.saturating_add(1).max(now), ceiling)),
         })
     }
 
@@ -95,7 +109,7 @@ mod tests {
     async fn tokens_continue_above_everything_issued_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
-        let first = Tokens::load(path.clone()).unwrap();
+        let first = Tokens::load_at(path.clone(), 1_000).unwrap();
         let mut last = 0;
         for _ in 0..10 {
             let t = first.next(0).await.unwrap();
@@ -103,9 +117,11 @@ mod tests {
             last = t;
         }
         drop(first); // a crash: no clean shutdown
-        let second = Tokens::load(path).unwrap();
-        assert!(second.next(0).await.unwrap() > last);
-        let floor = last + 10 * BLOCK;
+        // Even with the clock set back, the ceiling keeps tokens rising.
+        let second = Tokens::load_at(path, 5).unwrap();
+        let t = second.next(0).await.unwrap();
+        assert!(t > last);
+        let floor = t + 10 * BLOCK;
         assert_eq!(
             second.next(floor).await.unwrap(),
             floor + 1,
@@ -117,5 +133,28 @@ mod tests {
             second.next(u64::MAX).await.is_err(),
             "a floor at the top is refused, not wrapped"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lost_or_restored_ceiling_still_issues_above_earlier_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let old_copy = dir.path().join("tokens.backup");
+        // A run started at t = 1,000,000 µs; the data dir is backed up after its first grant.
+        let first = Tokens::load_at(path.clone(), 1_000_000).unwrap();
+        let mut last = first.next(0).await.unwrap();
+        std::fs::copy(&path, &old_copy).unwrap();
+        for _ in 0..BLOCK + 5 {
+            last = first.next(0).await.unwrap();
+        }
+        drop(first);
+        // Restored from the backup, or lost, and started again later (more than a microsecond
+        // per grant issued since: a second later here).
+        std::fs::copy(&old_copy, &path).unwrap();
+        let restored = Tokens::load_at(path.clone(), 3_000_000).unwrap();
+        assert!(restored.next(0).await.unwrap() > last);
+        std::fs::remove_file(&path).unwrap();
+        let lost = Tokens::load_at(path, 3_000_000).unwrap();
+        assert!(lost.next(0).await.unwrap() > last);
     }
 }
