@@ -35,7 +35,7 @@ pub fn adopt(
     p: &ResourcePaths,
 ) -> Result<String, CoreError> {
     paths::check(root, name)?;
-    let data = match paths::open_regular(name, &p.data, false, false)? {
+    let data = match paths::open_regular(root, name, &p.data, false, false)? {
         Some(_) => fs::read(&p.data).map_err(|e| paths::io_error(name, &p.data, &e))?,
         // Adopting nothing would leave an index without a file, which is refused again at once.
         None => {

@@ -79,7 +79,7 @@ impl EmbeddedLog {
             blocked: None,
             failed_from: None,
         };
-        let data = paths::open_regular(name, &paths.data, false, false)?;
+        let data = paths::open_regular(root, name, &paths.data, false, false)?;
         let index_bytes = match std::fs::read(&paths.index) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -122,7 +122,7 @@ impl EmbeddedLog {
                 if let Some(m) = mismatch {
                     state.blocked = Some(modified(m.describe()));
                 }
-                let files = open_files(name, &paths, file, index_valid as u64)?;
+                let files = open_files(root, name, &paths, file, index_valid as u64)?;
                 state.identity = Some(files.identity);
                 state.files = Some(Arc::new(files));
             }
@@ -184,9 +184,9 @@ impl EmbeddedLog {
             resource: self.name.as_str().to_owned(),
             detail: detail.to_owned(),
         };
-        let data = paths::open_regular(&self.name, &self.paths.data, false, false)?
+        let data = paths::open_regular(&self.root, &self.name, &self.paths.data, false, false)?
             .ok_or_else(|| modified("deleted: the session file is gone"))?;
-        let files = open_files(&self.name, &self.paths, data, u64::MAX)?;
+        let files = open_files(&self.root, &self.name, &self.paths, data, u64::MAX)?;
         if files.identity != identity {
             return Err(modified(
                 "replaced: the session file is a different file now",
@@ -289,12 +289,12 @@ fn create_files(
     paths: &ResourcePaths,
 ) -> Result<Arc<Files>, CoreError> {
     paths::create_parents(root, name)?;
-    let data = paths::open_regular(name, &paths.data, true, false)?
+    let data = paths::open_regular(root, name, &paths.data, true, false)?
         .expect("create(true) always yields a file");
     fail::fail_point!("created-data", |_| std::process::abort());
     let index_dir = parent(&paths.index);
     std::fs::create_dir_all(&index_dir).map_err(|e| paths::io_error(name, &index_dir, &e))?;
-    Ok(Arc::new(open_files(name, paths, data, 0)?))
+    Ok(Arc::new(open_files(root, name, paths, data, 0)?))
 }
 
 fn parent(p: &Path) -> PathBuf {
@@ -302,6 +302,7 @@ fn parent(p: &Path) -> PathBuf {
 }
 
 fn open_files(
+    root: &Path,
     name: &ResourceName,
     paths: &ResourcePaths,
     data: std::fs::File,
@@ -317,7 +318,7 @@ fn open_files(
         paths::create_dir_all_synced(&index_dir)
             .map_err(|e| paths::io_error(name, &index_dir, &e))?;
     }
-    let index = paths::open_regular(name, &paths.index, true, true)?.expect("created");
+    let index = paths::open_regular(root, name, &paths.index, true, true)?.expect("created");
     // Cut a torn, never-acknowledged index tail so the next record starts on a fresh line.
     let index_len = index
         .metadata()

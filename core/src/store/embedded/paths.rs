@@ -6,6 +6,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
 use std::path::{Path, PathBuf};
 
 use crate::error::CoreError;
@@ -136,37 +141,38 @@ fn walk(root: &Path, name: &ResourceName, create: bool) -> Result<Vec<PathBuf>, 
     Ok(changed)
 }
 
-/// Opens (optionally creating) a regular file without following a final symlink and without
-/// blocking on a FIFO, and checks that it is a regular file.
+/// Opens (optionally creating) the regular file `path` under `root` without following any
+/// symlink on the way, without leaving `root`'s filesystem and without blocking on a FIFO, and
+/// checks that it is a regular file.
 ///
 /// # Errors
-/// [`CoreError::InvalidResource`] if it is a link or not a regular file; [`CoreError::StorageFailed`].
+/// [`CoreError::InvalidResource`] if it is or passes a link, crosses a mount point, or is not a
+/// regular file; [`CoreError::StorageFailed`].
 pub fn open_regular(
+    root: &Path,
     name: &ResourceName,
     path: &Path,
     create: bool,
     append: bool,
 ) -> Result<Option<File>, CoreError> {
-    let mut opts = OpenOptions::new();
-    opts.read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .mode(0o644);
-    if append {
-        opts.append(true);
-    } else {
-        opts.write(true);
-    }
-    if create {
-        opts.create(true);
-    }
-    let file = match opts.open(path) {
+    let file = match open_beneath(root, path, create, append) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(unsafe_path(
                 name,
                 format!(
-                    "{} is a symbolic link; fencepost never follows links",
+                    "{} is a symbolic link or has one on its way; fencepost never follows links",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            return Err(unsafe_path(
+                name,
+                format!(
+                    "{} is below a mount point; keep every session file on the data dir's \
+                     filesystem",
                     path.display()
                 ),
             ));
@@ -181,6 +187,66 @@ pub fn open_regular(
         ));
     }
     Ok(Some(file))
+}
+
+/// Set once `openat2` turns out to be missing (kernels before 5.6, or a seccomp filter).
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Opens `path`, which lies under `root`, with `openat2` from `root` and the kernel's guarantee
+/// that no component is a link, leaves `root` or crosses a mount: so a directory swapped for a
+/// link between the path check ([`check`]) and this open cannot send the open elsewhere. Without
+/// `openat2`, a plain open that refuses a link only as the last component.
+fn open_beneath(root: &Path, path: &Path, create: bool, append: bool) -> io::Result<File> {
+    let mut flags = OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW;
+    if append {
+        flags |= OFlag::O_APPEND;
+    }
+    if create {
+        flags |= OFlag::O_CREAT;
+    }
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        let relative = path
+            .strip_prefix(root)
+            .map_err(|_| io::Error::other(format!("{} is outside the data dir", path.display())))?;
+        let dir = File::open(root)?;
+        // openat2 refuses a mode without O_CREAT.
+        let mode = if create {
+            Mode::from_bits_truncate(0o644)
+        } else {
+            Mode::empty()
+        };
+        let how = OpenHow::new().flags(flags).mode(mode).resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+        // EAGAIN: a concurrent rename on the way; the kernel asks to try again.
+        let mut result = openat2(&dir, relative, how);
+        for _ in 0..3 {
+            if !matches!(result, Err(Errno::EAGAIN)) {
+                break;
+            }
+            result = openat2(&dir, relative, how);
+        }
+        match result {
+            Ok(fd) => return Ok(File::from(fd)),
+            Err(Errno::ENOSYS | Errno::EPERM) => NO_OPENAT2.store(true, Ordering::Relaxed),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .mode(0o644);
+    if append {
+        opts.append(true);
+    } else {
+        opts.write(true);
+    }
+    if create {
+        opts.create(true);
+    }
+    opts.open(path)
 }
 
 /// Creates `dir` and its missing parents, and fsyncs each parent whose entries changed.
@@ -230,6 +296,36 @@ mod tests {
             assert_eq!(err.reason(), "INVALID_RESOURCE", "{bad}: {err}");
         }
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_open_never_follows_a_link_anywhere_on_the_path() {
+        // As if a directory was swapped for a link after the path was checked.
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("swapped")).unwrap();
+        let name = ResourceName::parse("swapped/s.jsonl").unwrap();
+        let path = root.path().join("swapped/s.jsonl");
+        for create in [true, false] {
+            let err = open_regular(root.path(), &name, &path, create, false).unwrap_err();
+            assert_eq!(err.reason(), "INVALID_RESOURCE", "{err}");
+            assert!(err.to_string().contains("symbolic link"), "{err}");
+        }
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+        // A real directory on the way is fine.
+        fs::create_dir(root.path().join("real")).unwrap();
+        let name = ResourceName::parse("real/s.jsonl").unwrap();
+        let path = root.path().join("real/s.jsonl");
+        assert!(
+            open_regular(root.path(), &name, &path, false, false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            open_regular(root.path(), &name, &path, true, false)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

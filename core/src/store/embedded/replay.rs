@@ -184,7 +184,7 @@ fn restore(
             next_seq += batch.lens.len() as u64;
         }
     }
-    let existing = paths::open_regular(name, &paths.data, false, false)?;
+    let existing = paths::open_regular(root, name, &paths.data, false, false)?;
     check_data(existing.as_ref(), batches).map_err(|e| match e {
         Refusal::Foreign(why) => Refusal::Foreign(format!("{}: {why}", paths.data.display())),
         e => e,
@@ -193,7 +193,7 @@ fn restore(
     let mut dirs = paths::create_parents(root, name)?;
     let data = match existing {
         Some(file) => file,
-        None => paths::open_regular(name, &paths.data, true, false)?.expect("created"),
+        None => paths::open_regular(root, name, &paths.data, true, false)?.expect("created"),
     };
     let index_dir = paths
         .index
