@@ -218,3 +218,49 @@ async fn damage_made_while_a_killed_server_was_down_is_left_alone_and_the_logged
     let refused = try_acquire(&mut c, INDEX, owner("a"), 30_000, 0).await;
     assert_rejected(refused, Code::DataLoss, "CORRUPT_METADATA");
 }
+
+#[tokio::test]
+async fn a_resource_whose_logged_lines_were_held_back_refuses_appends_until_adopted() {
+    const R: &str = "down/both-gone.jsonl";
+    let mut server = killed_server_with(&[R]).await;
+    let logged = b"{\"n\":4,\"logged\":\"yes\"}\n".to_vec();
+    // The file and its index are both removed while the server is down: what is left looks
+    // consistent (nothing at all), yet lines acknowledged before the kill are missing.
+    std::fs::remove_file(server.file(R)).unwrap();
+    std::fs::remove_file(index_path(&server, R)).unwrap();
+    server.restart();
+    let mut c = server.grpc().await;
+    assert_eq!(held_lines(&server, R).as_deref(), Some(&logged[..]));
+    let blocked = describe(&mut c, R).await.blocked;
+    assert!(blocked.contains("could not be put back"), "{blocked}");
+    let lease = acquire(&mut c, R, 30_000).await;
+    let refused = append(&mut c, &lease, &[r#"{"n":5}"#]).await;
+    assert_rejected(refused, Code::FailedPrecondition, "EXTERNAL_MODIFICATION");
+    release(&mut c, &lease).await;
+
+    // The operator accepts the file as it is (recreated empty); the held lines move aside.
+    std::fs::write(server.file(R), b"").unwrap();
+    let adopted = c
+        .adopt(fencepost::v1::AdoptRequest {
+            resource: R.to_owned(),
+        })
+        .await
+        .expect("adopt")
+        .into_inner();
+    assert!(
+        adopted.detail.contains("held-adopted"),
+        "{}",
+        adopted.detail
+    );
+    assert_eq!(held_lines(&server, R), None);
+    let aside = server.data_dir().join(".fencepost/held-adopted");
+    let kept: Vec<Vec<u8>> = std::fs::read_dir(aside)
+        .unwrap()
+        .filter_map(|g| std::fs::read(g.ok()?.path().join(R)).ok())
+        .collect();
+    assert_eq!(kept, vec![logged], "the lines are still kept, aside");
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":5}"#])
+        .await
+        .expect("appends work again");
+}

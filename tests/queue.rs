@@ -107,8 +107,6 @@ async fn a_waiter_whose_client_vanished_without_closing_its_connection_leaves_th
     proxy.drop_replies();
     // The server's pings go unanswered, so it closes the connection and the call ends.
     wait_for_waiters(&c, R, 0).await;
-    // Live clients answer the pings and keep their connections.
-    assert_eq!(describe(&mut c, R).await.waiters, 0);
 }
 
 #[tokio::test]

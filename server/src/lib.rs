@@ -67,7 +67,11 @@ pub async fn serve(
     let streams_done = CancellationToken::new();
     let api = FencepostServer::new(Service::new(core.clone(), streams_done.clone()))
         .max_decoding_message_size(
-            limits.max_batch_bytes + limits.max_batch_entries * 16 + 64 * 1024,
+            // The largest batch with its framing, or a KeepAlive message naming the most leases
+            // (ids of up to 64 bytes), whichever is larger.
+            (limits.max_batch_bytes + limits.max_batch_entries * 16)
+                .max(proto::MAX_KEEPALIVE_IDS * 66)
+                + 64 * 1024,
         );
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter

@@ -119,7 +119,17 @@ pub fn adopt(
         sync_dir(dir)
     };
     write().map_err(|e| paths::io_error(name, &p.index, &e))?;
-    Ok(detail)
+    let moved = paths::set_held_aside(root, name)
+        .map_err(|e| paths::io_error(name, &paths::meta_dir(root), &e))?;
+    if moved.is_empty() {
+        Ok(detail)
+    } else {
+        let moved: Vec<String> = moved.iter().map(|m| m.display().to_string()).collect();
+        Ok(format!(
+            "{detail}; lines held back at a restart were moved to {}",
+            moved.join(", ")
+        ))
+    }
 }
 
 /// The leading records whose bytes and chain hash still match `data`.

@@ -127,6 +127,20 @@ impl EmbeddedLog {
                 state.files = Some(Arc::new(files));
             }
         }
+        // Acknowledged lines that replay could not put back: the file lacks them, however
+        // consistent it looks now.
+        if state.blocked.is_none() {
+            let held = paths::held_back(root, name)
+                .map_err(|e| paths::io_error(name, &paths::meta_dir(root), &e))?;
+            if let Some(path) = held.first() {
+                state.blocked = Some(modified(format!(
+                    "lines acknowledged before a restart could not be put back into it and are \
+                     kept in {}; restore them, or adopt the file as it is (which moves them to \
+                     .fencepost/held-adopted/)",
+                    path.display()
+                )));
+            }
+        }
         Ok(Self {
             name: name.clone(),
             root: root.to_path_buf(),

@@ -84,6 +84,7 @@ impl EmbeddedStore {
         let root = root.canonicalize()?;
         let meta = paths::meta_dir(&root);
         one_filesystem(&root, &meta)?;
+        paths::probe_openat2(&root);
         std::fs::create_dir_all(meta.join("index"))?;
         let lock = take_lock(&meta.join("lock"), &root)?;
         let tokens = Tokens::load(meta.join("tokens"))?;

@@ -54,6 +54,61 @@ fn unsafe_path(name: &ResourceName, reason: String) -> CoreError {
     }
 }
 
+/// Where replay keeps the logged lines of `name` that it could not put back (see
+/// [`super::replay`]): `.fencepost/held/<generation>/<name>`.
+pub fn held_path(root: &Path, generation: u64, name: &ResourceName) -> PathBuf {
+    meta_dir(root)
+        .join("held")
+        .join(generation.to_string())
+        .join(name.as_str())
+}
+
+/// The files of lines held back for `name`, from any generation. While there is one, the
+/// resource refuses appends (its file lacks acknowledged lines); adopting moves them aside.
+///
+/// # Errors
+/// The I/O error listing them.
+pub fn held_back(root: &Path, name: &ResourceName) -> io::Result<Vec<PathBuf>> {
+    let generations = match fs::read_dir(meta_dir(root).join("held")) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for generation in generations {
+        let path = generation?.path().join(name.as_str());
+        if path.is_file() {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Moves `name`'s held-back lines from `.fencepost/held/` to `.fencepost/held-adopted/` (same
+/// generation and name), once an operator accepted the file without them. Returns where they went.
+///
+/// # Errors
+/// The I/O error.
+pub fn set_held_aside(root: &Path, name: &ResourceName) -> io::Result<Vec<PathBuf>> {
+    let held = meta_dir(root).join("held");
+    let mut moved = Vec::new();
+    for from in held_back(root, name)? {
+        let relative = from.strip_prefix(&held).map_err(io::Error::other)?;
+        let to = meta_dir(root).join("held-adopted").join(relative);
+        let (from_dir, to_dir) = (from.parent(), to.parent());
+        let (Some(from_dir), Some(to_dir)) = (from_dir, to_dir) else {
+            continue;
+        };
+        create_dir_all_synced(to_dir)?;
+        fs::rename(&from, &to)?;
+        sync_dir(to_dir)?;
+        sync_dir(from_dir)?;
+        moved.push(to);
+    }
+    Ok(moved)
+}
+
 /// Checks the existing part of `name`'s path under `root`: every existing ancestor is a real
 /// directory and an existing final component is a regular file. Creates nothing.
 ///
@@ -189,13 +244,40 @@ pub fn open_regular(
     Ok(Some(file))
 }
 
-/// Set once `openat2` turns out to be missing (kernels before 5.6, or a seccomp filter).
+/// Set when `openat2` with the resolve flags is not available (kernels before 5.6, or a seccomp
+/// filter that refuses it): see [`probe_openat2`].
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// The resolution [`open_beneath`] asks the kernel for.
+fn beneath() -> ResolveFlag {
+    ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_XDEV
+}
+
+/// Finds out once, on `root`, whether `openat2` with the resolve flags works here; where it does
+/// not, opens fall back to `O_NOFOLLOW` on the last component (logged once). Decided here rather
+/// than on a failed open, where EPERM can also mean an immutable file.
+pub fn probe_openat2(root: &Path) {
+    let probe = File::open(root).map_err(|_| Errno::EIO).and_then(|dir| {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(beneath());
+        openat2(&dir, ".", how)
+    });
+    match probe {
+        Ok(_) => NO_OPENAT2.store(false, Ordering::Relaxed),
+        Err(e @ (Errno::ENOSYS | Errno::EPERM | Errno::EINVAL)) => {
+            tracing::warn!(error = %e, "openat2 is not available: session files are opened with O_NOFOLLOW on the last component only, so a directory swapped for a link while a file is opened is not caught");
+            NO_OPENAT2.store(true, Ordering::Relaxed);
+        }
+        Err(_) => {}
+    }
+}
 
 /// Opens `path`, which lies under `root`, with `openat2` from `root` and the kernel's guarantee
 /// that no component is a link, leaves `root` or crosses a mount: so a directory swapped for a
-/// link between the path check ([`check`]) and this open cannot send the open elsewhere. Without
-/// `openat2`, a plain open that refuses a link only as the last component.
+/// link between the path check ([`check`]) and this open cannot send the open elsewhere. Where
+/// `openat2` is missing ([`probe_openat2`]), a plain open that refuses a link only as the last
+/// component.
 fn open_beneath(root: &Path, path: &Path, create: bool, append: bool) -> io::Result<File> {
     let mut flags = OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW;
     if append {
@@ -215,24 +297,15 @@ fn open_beneath(root: &Path, path: &Path, create: bool, append: bool) -> io::Res
         } else {
             Mode::empty()
         };
-        let how = OpenHow::new().flags(flags).mode(mode).resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_XDEV,
-        );
-        // EAGAIN: a concurrent rename on the way; the kernel asks to try again.
-        let mut result = openat2(&dir, relative, how);
-        for _ in 0..3 {
-            if !matches!(result, Err(Errno::EAGAIN)) {
-                break;
+        let how = OpenHow::new().flags(flags).mode(mode).resolve(beneath());
+        return match openat2(&dir, relative, how) {
+            Ok(fd) => Ok(File::from(fd)),
+            Err(Errno::ENOSYS) => {
+                NO_OPENAT2.store(true, Ordering::Relaxed);
+                open_beneath(root, path, create, append)
             }
-            result = openat2(&dir, relative, how);
-        }
-        match result {
-            Ok(fd) => return Ok(File::from(fd)),
-            Err(Errno::ENOSYS | Errno::EPERM) => NO_OPENAT2.store(true, Ordering::Relaxed),
-            Err(e) => return Err(e.into()),
-        }
+            Err(e) => Err(e.into()),
+        };
     }
     let mut opts = OpenOptions::new();
     opts.read(true)
@@ -302,6 +375,11 @@ mod tests {
     fn an_open_never_follows_a_link_anywhere_on_the_path() {
         // As if a directory was swapped for a link after the path was checked.
         let root = tempfile::tempdir().unwrap();
+        probe_openat2(root.path());
+        if NO_OPENAT2.load(Ordering::Relaxed) {
+            eprintln!("skipped: openat2 is not available on this kernel");
+            return;
+        }
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("swapped")).unwrap();
         let name = ResourceName::parse("swapped/s.jsonl").unwrap();

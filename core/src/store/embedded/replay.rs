@@ -278,10 +278,7 @@ fn hold_back(
     name: &ResourceName,
     batches: &[(BatchRecord, &[u8])],
 ) -> io::Result<PathBuf> {
-    let path = paths::meta_dir(root)
-        .join("held")
-        .join(generation.to_string())
-        .join(name.as_str());
+    let path = paths::held_path(root, generation, name);
     let dir = path.parent().expect("held file has a parent");
     paths::create_dir_all_synced(dir)?;
     let mut file = OpenOptions::new()

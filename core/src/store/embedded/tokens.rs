@@ -5,9 +5,10 @@
 //! out, so after a crash the next token starts above anything ever issued, at one fsync per block.
 //!
 //! A ceiling file that is lost, or restored from an older copy of the data dir, would let tokens
-//! repeat. So each start also begins at the wall clock, in microseconds since the Unix epoch: the
-//! tokens of a run rise by one per grant from about its start time, so (at fewer than a million
-//! grants a second) every token issued before is below the clock of any later start.
+//! repeat. So each start also begins at the wall clock, in microseconds since the Unix epoch
+//! (waiting for it to pass the ceiling after a quick restart): the tokens of a run rise by one per
+//! grant from its start time, so, at fewer than a million grants a second and with a clock that
+//! is not set back, every token issued before is below the clock of any later start.
 
 use std::fs;
 use std::io::{self, Write};
@@ -18,10 +19,13 @@ use tokio::sync::Mutex;
 use super::paths::sync_dir;
 use crate::model::now_unix_micros;
 
-/// Tokens reserved per ceiling raise. Large, so that a raise (two fsyncs, during which grants
-/// wait) is rare even at tens of thousands of grants per second; a restart skips what is left of
-/// the block, which costs nothing in a u64.
-const BLOCK: u64 = 1 << 20;
+/// Tokens reserved per ceiling raise: a raise (two fsyncs, during which grants wait) comes every
+/// 65,536 grants, and the ceiling runs at most that many microseconds (65 ms) ahead of the clock,
+/// which is all a start right after a stop has to wait for.
+const BLOCK: u64 = 1 << 16;
+/// How far the ceiling may be ahead of the clock for a start to wait until the clock passes it;
+/// further ahead, the clock was set back, and the start goes on above the ceiling (logged).
+const CATCH_UP_US: u64 = 2 * BLOCK;
 
 /// The token allocator of one data dir (tokens are unique across all its resources).
 #[derive(Debug)]
@@ -32,32 +36,36 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// Loads the ceiling from `path` (missing = 0).
+    /// Loads the ceiling from `path` (missing = 0). Blocks until the clock passes the ceiling if
+    /// it is at most [`CATCH_UP_US`] ahead (a start right after a stop), so each run's tokens
+    /// begin at its clock and never run ahead of it.
     ///
     /// # Errors
     /// An unreadable or malformed ceiling file: starting anyway could reuse tokens.
     pub fn load(path: PathBuf) -> io::Result<Self> {
+        let ahead = read_ceiling(&path)?
+            .saturating_add(1)
+            .saturating_sub(now_unix_micros());
+        if ahead > CATCH_UP_US {
+            tracing::warn!(
+                ahead_ms = ahead / 1000,
+                "the clock is behind the token ceiling (was it set back?): tokens continue above \
+                 the ceiling, but until the clock catches up a data dir restored from an older \
+                 copy could issue tokens again"
+            );
+        } else if ahead > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(ahead));
+        }
         Self::load_at(path, now_unix_micros())
     }
 
-    /// [`Tokens::load`] at wall-clock time `now` (microseconds since the Unix epoch).
+    /// [`Tokens::load`] at wall-clock time `now` (microseconds since the Unix epoch), without
+    /// waiting.
     ///
     /// # Errors
     /// As [`Tokens::load`].
     fn load_at(path: PathBuf, now: u64) -> io::Result<Self> {
-        let ceiling = match fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse::<u64>().map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "token ceiling {} is malformed ({e}); refusing to risk reusing tokens",
-                        path.display()
-                    ),
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e),
-        };
+        let ceiling = read_ceiling(&path)?;
         Ok(Self {
             path,
             state: Mutex::new((ceiling.saturating_add(1).max(now), ceiling)),
@@ -89,6 +97,23 @@ impl Tokens {
         }
         state.0 = next + 1;
         Ok(next)
+    }
+}
+
+/// The ceiling in `path` (missing = 0).
+fn read_ceiling(path: &PathBuf) -> io::Result<u64> {
+    match fs::read_to_string(path) {
+        Ok(s) => s.trim().parse::<u64>().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "token ceiling {} is malformed ({e}); refusing to risk reusing tokens",
+                    path.display()
+                ),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
     }
 }
 

@@ -39,6 +39,9 @@ const SPIN: std::time::Duration = std::time::Duration::from_micros(250);
 
 pub(super) struct Writer {
     wal: File,
+    /// The metadata directory, on the data dir's filesystem: a checkpoint syncs that filesystem
+    /// (where every session file and index lives), wherever the WAL file itself is.
+    meta_dir: File,
     /// The WAL opened for direct group writes; `None` where the filesystem refuses them.
     direct: Option<DirectWal>,
     wal_dir: PathBuf,
@@ -74,6 +77,7 @@ impl Writer {
         Ok(Self {
             allocated: wal.metadata()?.len(),
             direct: DirectWal::open(&wal_dir.join("wal"))?,
+            meta_dir: File::open(&wal_dir)?,
             wal,
             wal_dir,
             generation,
@@ -217,10 +221,11 @@ impl Writer {
             )));
         }
         // One syncfs makes every session file, index and directory written since the last
-        // checkpoint durable at once (they live on the WAL's filesystem), instead of one fsync each.
+        // checkpoint durable at once (they all live on the data dir's filesystem, which the
+        // metadata dir shares; paths crossing a mount are refused), instead of one fsync each.
         fail::fail_point!("checkpoint-sync", |arg| Err(injected(arg)));
         let started = std::time::Instant::now();
-        nix::unistd::syncfs(&self.wal).map_err(io::Error::from)?;
+        nix::unistd::syncfs(&self.meta_dir).map_err(io::Error::from)?;
         #[cfg(feature = "failpoints")]
         synced::record_paths(&self.wal_dir, &self.dirty);
         let files = self.dirty.len();
