@@ -130,15 +130,26 @@ impl EmbeddedLog {
         // Acknowledged lines that replay could not put back: the file lacks them, however
         // consistent it looks now.
         if state.blocked.is_none() {
-            let held = paths::held_back(root, name)
-                .map_err(|e| paths::io_error(name, &paths::meta_dir(root), &e))?;
-            if let Some(path) = held.first() {
-                state.blocked = Some(modified(format!(
-                    "lines acknowledged before a restart could not be put back into it and are \
-                     kept in {}; restore them, or adopt the file as it is (which moves them to \
-                     .fencepost/held-adopted/)",
-                    path.display()
-                )));
+            match paths::held_back(root, name) {
+                Ok(held) => {
+                    if let Some(path) = held.first() {
+                        state.blocked = Some(modified(format!(
+                            "lines acknowledged before a restart could not be put back into it \
+                             and are kept in {}; put them into the file if they belong there, \
+                             then adopt it (adopting accepts the file as it is and moves the \
+                             kept lines to .fencepost/held-adopted/)",
+                            path.display()
+                        )));
+                    }
+                }
+                // Blocked rather than open: it may lack acknowledged lines.
+                Err(e) => {
+                    state.blocked = Some(modified(format!(
+                        "cannot tell whether lines acknowledged before a restart were kept \
+                         aside for it: {}: {e}",
+                        paths::meta_dir(root).join("held").display()
+                    )));
+                }
             }
         }
         Ok(Self {

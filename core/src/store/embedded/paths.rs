@@ -63,11 +63,13 @@ pub fn held_path(root: &Path, generation: u64, name: &ResourceName) -> PathBuf {
         .join(name.as_str())
 }
 
-/// The files of lines held back for `name`, from any generation. While there is one, the
-/// resource refuses appends (its file lacks acknowledged lines); adopting moves them aside.
+/// The files of lines held back for `name`, oldest generation first (a directory
+/// `<generation>` or `<generation>.<suffix>` under `.fencepost/held/`). While there is one, the
+/// resource refuses appends: its file lacks acknowledged lines. A file that cannot be examined
+/// counts as present (the resource stays blocked rather than open to appends).
 ///
 /// # Errors
-/// The I/O error listing them.
+/// `.fencepost/held/` cannot be listed.
 pub fn held_back(root: &Path, name: &ResourceName) -> io::Result<Vec<PathBuf>> {
     let generations = match fs::read_dir(meta_dir(root).join("held")) {
         Ok(entries) => entries,
@@ -76,30 +78,59 @@ pub fn held_back(root: &Path, name: &ResourceName) -> io::Result<Vec<PathBuf>> {
     };
     let mut found = Vec::new();
     for generation in generations {
-        let path = generation?.path().join(name.as_str());
-        if path.is_file() {
-            found.push(path);
+        let generation = generation?;
+        let path = generation.path().join(name.as_str());
+        let present = match fs::symlink_metadata(&path) {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ),
+        };
+        if present {
+            let number = generation
+                .file_name()
+                .to_string_lossy()
+                .split('.')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(u64::MAX);
+            found.push((number, path));
         }
     }
     found.sort();
-    Ok(found)
+    Ok(found.into_iter().map(|(_, path)| path).collect())
 }
 
-/// Moves `name`'s held-back lines from `.fencepost/held/` to `.fencepost/held-adopted/` (same
-/// generation and name), once an operator accepted the file without them. Returns where they went.
+/// Moves `name`'s held-back lines from `.fencepost/held/` to
+/// `.fencepost/held-adopted/<held dir>.<unix micros>/<name>`, once an operator accepted the file
+/// without them (never over earlier ones). Returns where they went.
 ///
 /// # Errors
 /// The I/O error.
 pub fn set_held_aside(root: &Path, name: &ResourceName) -> io::Result<Vec<PathBuf>> {
     let held = meta_dir(root).join("held");
+    let stamp = crate::model::now_unix_micros();
     let mut moved = Vec::new();
     for from in held_back(root, name)? {
-        let relative = from.strip_prefix(&held).map_err(io::Error::other)?;
-        let to = meta_dir(root).join("held-adopted").join(relative);
-        let (from_dir, to_dir) = (from.parent(), to.parent());
-        let (Some(from_dir), Some(to_dir)) = (from_dir, to_dir) else {
+        let Some(from_dir) = from.parent() else {
             continue;
         };
+        let Some(generation) = from
+            .strip_prefix(&held)
+            .ok()
+            .and_then(|p| p.components().next())
+        else {
+            continue;
+        };
+        let to = meta_dir(root)
+            .join("held-adopted")
+            .join(format!(
+                "{}.{stamp}",
+                generation.as_os_str().to_string_lossy()
+            ))
+            .join(name.as_str());
+        let to_dir = to.parent().expect("a file under held-adopted has a parent");
         create_dir_all_synced(to_dir)?;
         fs::rename(&from, &to)?;
         sync_dir(to_dir)?;

@@ -137,7 +137,13 @@ fn apply(
         batches.push((batch, rec.data));
     }
     match restore(root, &name, &batches) {
-        Ok(()) => Ok(Applied::Restored),
+        Ok(()) => {
+            // An earlier start that held these same records back (and then failed on another
+            // resource) left a copy that is now in the file.
+            forget_held_copy(root, generation, &name, &batches)
+                .map_err(|e| format!("removing a copy held back earlier: {e}"))?;
+            Ok(Applied::Restored)
+        }
         Err(Refusal::Io(e)) => Err(e),
         Err(Refusal::Foreign(why)) => {
             let kept_in = hold_back(root, generation, &name, &batches)
@@ -269,6 +275,32 @@ fn check_data(file: Option<&File>, batches: &[(BatchRecord, &[u8])]) -> Result<(
     Ok(())
 }
 
+/// Removes `.fencepost/held/<generation>/<name>` if it holds exactly these batches' lines, which
+/// were just written back.
+fn forget_held_copy(
+    root: &Path,
+    generation: u64,
+    name: &ResourceName,
+    batches: &[(BatchRecord, &[u8])],
+) -> io::Result<()> {
+    let path = paths::held_path(root, generation, name);
+    let held = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if held
+        == batches
+            .iter()
+            .flat_map(|(_, bytes)| bytes.iter().copied())
+            .collect::<Vec<u8>>()
+    {
+        std::fs::remove_file(&path)?;
+        sync_dir(path.parent().expect("held file has a parent"))?;
+    }
+    Ok(())
+}
+
 /// Writes the lines of batches that cannot be restored to
 /// `.fencepost/held/<generation>/<resource>` (durably: the WAL that holds them will be reused),
 /// so that no acknowledged line is lost while an operator looks at the session file.
@@ -278,18 +310,82 @@ fn hold_back(
     name: &ResourceName,
     batches: &[(BatchRecord, &[u8])],
 ) -> io::Result<PathBuf> {
-    let path = paths::held_path(root, generation, name);
+    let lines: Vec<u8> = batches
+        .iter()
+        .flat_map(|(_, bytes)| bytes.iter().copied())
+        .collect();
+    let mut path = paths::held_path(root, generation, name);
+    match std::fs::read(&path) {
+        // The same records, kept by an earlier start that then failed.
+        Ok(existing) if existing == lines => return Ok(path),
+        // Other lines under the same generation number (the WAL was recreated since): never
+        // written over; this start's copy goes beside them.
+        Ok(_) => {
+            path = paths::meta_dir(root)
+                .join("held")
+                .join(format!("{generation}.{}", crate::model::now_unix_micros()))
+                .join(name.as_str());
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let dir = path.parent().expect("held file has a parent");
     paths::create_dir_all_synced(dir)?;
     let mut file = OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .write(true)
-        .truncate(true)
         .open(&path)?;
-    for (_, bytes) in batches {
-        file.write_all(bytes)?;
-    }
+    file.write_all(&lines)?;
     file.sync_all()?;
     sync_dir(dir)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{Owner, OwnerKind};
+
+    fn record(line: &[u8]) -> BatchRecord {
+        BatchRecord {
+            epoch: 1,
+            token: 1,
+            seq: 1,
+            offset: 0,
+            lens: vec![u32::try_from(line.len() - 1).unwrap()],
+            owner: Arc::new(Owner {
+                client_id: "c".into(),
+                name: "n".into(),
+                kind: OwnerKind::Runner,
+            }),
+            time: 1,
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn held_lines_are_never_written_over_and_dropped_once_restored() {
+        let root = tempfile::tempdir().unwrap();
+        let name = ResourceName::parse("a/s.jsonl").unwrap();
+        let first: &[u8] = b"{\"n\":1}\n";
+        let other: &[u8] = b"{\"n\":2}\n";
+        let kept = hold_back(root.path(), 3, &name, &[(record(first), first)]).unwrap();
+        // The same records again (a start that failed later): the same file.
+        assert_eq!(
+            hold_back(root.path(), 3, &name, &[(record(first), first)]).unwrap(),
+            kept
+        );
+        // Other lines under a generation number seen before: kept beside, not over.
+        let beside = hold_back(root.path(), 3, &name, &[(record(other), other)]).unwrap();
+        assert_ne!(beside, kept);
+        assert_eq!(std::fs::read(&kept).unwrap(), first);
+        assert_eq!(std::fs::read(&beside).unwrap(), other);
+        assert_eq!(paths::held_back(root.path(), &name).unwrap().len(), 2);
+        // Restored in full later: that copy goes, the other stays.
+        forget_held_copy(root.path(), 3, &name, &[(record(first), first)]).unwrap();
+        assert!(!kept.exists());
+        assert_eq!(paths::held_back(root.path(), &name).unwrap(), vec![beside]);
+    }
 }

@@ -49,9 +49,10 @@ impl Tokens {
         if ahead > CATCH_UP_US {
             tracing::warn!(
                 ahead_ms = ahead / 1000,
-                "the clock is behind the token ceiling (was it set back?): tokens continue above \
-                 the ceiling, but until the clock catches up a data dir restored from an older \
-                 copy could issue tokens again"
+                "the token ceiling is ahead of the clock (the clock was set back, or the ceiling \
+                 was written by a version with larger blocks): tokens continue above the \
+                 ceiling, but until the clock catches up a data dir restored from an older copy \
+                 could issue tokens again"
             );
         } else if ahead > 0 {
             std::thread::sleep(std::time::Duration::from_micros(ahead));
