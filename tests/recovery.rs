@@ -242,3 +242,76 @@ fn a_metadata_dir_that_is_a_link_is_refused() {
         "nothing written there"
     );
 }
+
+#[tokio::test]
+async fn a_retry_after_kill_9_gets_the_original_result_instead_of_appending_again() {
+    const R: &str = "owner/retried.jsonl";
+    const ONCE: &str = "owner/retried-once.jsonl";
+    let mut server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, R, 30_000).await;
+    let request = proto::v1::AppendRequest {
+        resource: R.to_owned(),
+        lease_id: lease.lease_id.clone(),
+        token: lease.token,
+        entries: vec![br#"{"n":1}"#.to_vec()],
+        request_id: "turn-7".to_owned(),
+        ..Default::default()
+    };
+    let first = c
+        .append(request.clone())
+        .await
+        .expect("append")
+        .into_inner();
+    let writer = owner("once");
+    let once = proto::v1::AppendOnceRequest {
+        resource: ONCE.to_owned(),
+        owner: Some(writer.clone()),
+        wait_ms: 5_000,
+        entries: vec![br#"{"m":1}"#.to_vec()],
+        request_id: "beat-3".to_owned(),
+        ..Default::default()
+    };
+    let first_once = c
+        .append_once(once.clone())
+        .await
+        .expect("append once")
+        .into_inner();
+
+    // Both replies were lost in the crash; the clients retry against the restarted server.
+    server.kill9();
+    server.restart();
+    let mut c = server.grpc().await;
+    let again = c
+        .append(request)
+        .await
+        .expect("retried append")
+        .into_inner();
+    assert_eq!(
+        (again.first_seq, again.last_seq, again.head),
+        (first.first_seq, first.last_seq, first.head)
+    );
+    let again_once = c
+        .append_once(once.clone())
+        .await
+        .expect("retried once")
+        .into_inner();
+    assert_eq!(
+        (again_once.first_seq, again_once.head, again_once.token),
+        (first_once.first_seq, first_once.head, first_once.token)
+    );
+    assert_eq!(server.file_bytes(R), b"{\"n\":1}\n", "appended once");
+    assert_eq!(server.file_bytes(ONCE), b"{\"m\":1}\n", "appended once");
+
+    // The same request id from another client is a new write.
+    let other = proto::v1::AppendOnceRequest {
+        owner: Some(owner("other")),
+        ..once
+    };
+    let new = c
+        .append_once(other)
+        .await
+        .expect("other client")
+        .into_inner();
+    assert_eq!(new.first_seq, 2);
+}

@@ -17,10 +17,9 @@ use crate::{Client, Error};
 /// Every retried call is retry-safe: an Acquire carries an idempotency key, an Append or
 /// AppendOnce a request id, generated once per logical call and sent again on every retry, so
 /// a retry after an ambiguous failure returns the original result and never appends twice, as
-/// long as the server remembers the id. It does so in memory: a retry that reaches a restarted
-/// server after its reply was lost in the crash may append again (AppendOnce) or be told the lease
-/// is lost (Append) although its batch was written. Fencing rejections and invalid input are never
-/// retried.
+/// long as the server remembers the id: in memory for recent calls, and kept with each batch on
+/// disk, so that a retry reaching a restarted server finds the batch (among the last 4,096 of its
+/// session). Fencing rejections and invalid input are never retried.
 ///
 /// Retries stop when the next one would start after the deadline: `max_elapsed` after the call
 /// began, plus the call's own queue wait for an acquire or an append-once.

@@ -14,7 +14,7 @@ use crate::entry::validate_batch;
 use crate::error::CoreError;
 use crate::model::{StoredEntry, now_unix_micros};
 use crate::resource::ResourceName;
-use crate::store::{NewBatch, ResourceLog};
+use crate::store::{BatchRequest, NewBatch, Recorded, ResourceLog};
 
 /// Where a read starts.
 #[derive(Debug, Clone, Copy)]
@@ -51,11 +51,26 @@ impl Core {
         super::check_key("request_id", args.request_id.as_deref())?;
         let inner = self.inner.clone();
         let resource = args.resource.clone();
+        // Only with a request id: the lease may be unknown because the server restarted since
+        // the original call, whose batch is then found in the log.
+        let retry = args
+            .request_id
+            .clone()
+            .map(|request_id| (args.lease_id.clone(), request_id));
         Detach::new(async move {
             let result = append_fenced(inner.clone(), args, once_key).await;
             // The gate is open again: a lease that ended meanwhile may have left the entry idle.
             inner.lock().forget_if_idle(&resource);
-            result
+            match (result, retry) {
+                (Err(e @ CoreError::LeaseNotFound { .. }), Some((lease_id, request_id))) => {
+                    let log = inner.log(&resource).await?;
+                    match log.recorded(&request_id, Some(&lease_id), "") {
+                        Some(found) => Ok(appended(found)),
+                        None => Err(e),
+                    }
+                }
+                (result, _) => result,
+            }
         })
         .await
     }
@@ -79,6 +94,14 @@ impl Core {
             .transpose()?;
         if let Some(done) = self.once_done(key.as_ref(), &args.resource).await {
             return done;
+        }
+        // Not remembered: the original may have come before a restart, so its batch is looked
+        // for in the log.
+        if let Some((client_id, request_id)) = &key {
+            let log = self.inner.log(&args.resource).await?;
+            if let Some(found) = log.recorded(request_id, None, client_id) {
+                return Ok((appended(found), found.token));
+            }
         }
         let grant = self
             .acquire(AcquireArgs {
@@ -169,6 +192,15 @@ impl Core {
             ReadFrom::Epoch(epoch) => log.first_seq_at_epoch(epoch),
         };
         log.read(from_seq, limit).await
+    }
+}
+
+/// The result of a batch found in the log by its request.
+fn appended(found: Recorded) -> Appended {
+    Appended {
+        first_seq: found.first_seq,
+        last_seq: found.last_seq,
+        head: found.head,
     }
 }
 
@@ -281,6 +313,19 @@ async fn append_fenced(
             owner: owner.clone(),
             time_unix_micros: now_unix_micros(),
             entries: args.entries,
+            request: args
+                .request_id
+                .clone()
+                .map(|request_id| BatchRequest {
+                    request_id,
+                    lease_id: Some(args.lease_id.clone()),
+                })
+                .or_else(|| {
+                    once_key.as_ref().map(|(_, request_id)| BatchRequest {
+                        request_id: request_id.clone(),
+                        lease_id: None,
+                    })
+                }),
         })
         .await?;
     let done = Appended {

@@ -26,6 +26,31 @@ pub struct NewBatch {
     pub time_unix_micros: u64,
     /// The lines, without newlines.
     pub entries: Vec<Vec<u8>>,
+    /// The request it answers, kept with the batch (see [`ResourceLog::recorded`]).
+    pub request: Option<BatchRequest>,
+}
+
+/// The request id a batch was appended with: under a lease (Append), or by the owner's client id
+/// (AppendOnce, `lease_id` none).
+#[derive(Debug, Clone)]
+pub struct BatchRequest {
+    /// The client's request id.
+    pub request_id: String,
+    /// The lease it was appended under, for Append.
+    pub lease_id: Option<String>,
+}
+
+/// A durable batch found by its request (see [`ResourceLog::recorded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// Seq of its first entry.
+    pub first_seq: u64,
+    /// Seq of its last entry.
+    pub last_seq: u64,
+    /// The head right after it.
+    pub head: Head,
+    /// The token it was appended under.
+    pub token: u64,
 }
 
 /// A storage backend.
@@ -111,6 +136,20 @@ pub trait ResourceLog: Send + Sync {
     /// The seq of the first durable entry whose epoch is at least `epoch` (the durable head's
     /// next seq if none).
     fn first_seq_at_epoch(&self, epoch: u64) -> u64;
+
+    /// The batch appended with `request_id`, under `lease_id` if given, else by client
+    /// `client_id` without a lease, among the newest batches the log held when it was opened:
+    /// those a server that restarted since has no other memory of. `None` if there is none (or
+    /// the backend keeps no request ids).
+    fn recorded(
+        &self,
+        request_id: &str,
+        lease_id: Option<&str>,
+        client_id: &str,
+    ) -> Option<Recorded> {
+        let _ = (request_id, lease_id, client_id);
+        None
+    }
 
     /// Waits until every batch ordered so far is durable or has failed, so that a read sees
     /// everything appended before it.

@@ -94,6 +94,8 @@ pub fn adopt(
         owner: operator(),
         time: now_unix_micros(),
         hash: hex::encode(hash),
+        request: None,
+        lease: None,
     };
     let detail = format!(
         "kept {} entries ({} bytes) as recorded; adopted {} lines, bytes {offset}..{} (sha256 {}) as epoch {}",

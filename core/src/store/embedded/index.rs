@@ -29,6 +29,14 @@ pub struct BatchRecord {
     pub time: u64,
     /// Chain hash after the batch's last line, hex.
     pub hash: String,
+    /// The request id it was appended with, if any: a retry that reaches a restarted server finds
+    /// its original result here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// The lease of a request id given with one (Append); none for AppendOnce, whose request ids
+    /// belong to the owner's client id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 impl BatchRecord {
@@ -271,6 +279,8 @@ mod tests {
             }),
             time: 1,
             hash: hex::encode(h),
+            request: None,
+            lease: None,
         };
         (rec, h)
     }

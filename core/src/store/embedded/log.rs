@@ -14,7 +14,7 @@ use super::wal::{self, Files, Job, Msg};
 use crate::error::CoreError;
 use crate::model::{ChainHash, Head, StoredEntry, chain};
 use crate::resource::ResourceName;
-use crate::store::{NewBatch, ResourceLog};
+use crate::store::{NewBatch, Recorded, ResourceLog};
 
 /// Most bytes one read returns (at least one entry).
 const READ_BYTES: u64 = 4 << 20;
@@ -33,6 +33,9 @@ pub struct EmbeddedLog {
     state: Mutex<LogState>,
     /// Ticks each time the writer finishes one of this log's batches (see `durable`).
     progress: watch::Sender<()>,
+    /// Batches in the index when the log was opened: the ones whose requests the lease layer
+    /// cannot remember (they may come from before a restart), see [`EmbeddedLog::recorded`].
+    opened_with: usize,
 }
 
 #[derive(Debug)]
@@ -159,6 +162,7 @@ impl EmbeddedLog {
             wal,
             budget,
             me: Weak::new(),
+            opened_with: state.index.batches.len(),
             state: Mutex::new(state),
             progress: watch::Sender::new(()),
         })
@@ -426,6 +430,8 @@ impl ResourceLog for EmbeddedLog {
             owner: batch.owner,
             time: batch.time_unix_micros,
             hash: hex::encode(hash),
+            request: batch.request.as_ref().map(|r| r.request_id.clone()),
+            lease: batch.request.and_then(|r| r.lease_id),
         };
         let next = Head {
             epoch: record.epoch,
@@ -623,4 +629,43 @@ impl ResourceLog for EmbeddedLog {
             .get(i)
             .map_or(st.index.entries.len() as u64 + 1, |b| b.seq)
     }
+
+    fn recorded(
+        &self,
+        request_id: &str,
+        lease_id: Option<&str>,
+        client_id: &str,
+    ) -> Option<Recorded> {
+        let st = self.lock();
+        let end = self.opened_with.min(st.index.batches.len());
+        st.index.batches[end.saturating_sub(RECORDED_LOOKBACK)..end]
+            .iter()
+            .rev()
+            .find(|b| {
+                b.request.as_deref() == Some(request_id)
+                    && b.lease.as_deref() == lease_id
+                    && (lease_id.is_some() || b.owner.client_id == client_id)
+            })
+            .map(|b| {
+                let count = b.lens.len() as u64;
+                let mut chain_hash = [0u8; 32];
+                hex::decode_to_slice(&b.hash, &mut chain_hash).unwrap_or_default();
+                Recorded {
+                    first_seq: b.seq,
+                    last_seq: b.seq + count - 1,
+                    head: Head {
+                        epoch: b.epoch,
+                        next_seq: b.seq + count,
+                        length: b.offset + b.byte_len(),
+                        chain_hash,
+                    },
+                    token: b.token,
+                }
+            })
+    }
 }
+
+/// How many of the batches a log held when it was opened [`EmbeddedLog::recorded`] looks through
+/// (newest first) for a retried request: retries come within seconds, not thousands of batches
+/// later.
+const RECORDED_LOOKBACK: usize = 4096;

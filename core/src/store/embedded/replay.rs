@@ -362,6 +362,8 @@ mod tests {
             }),
             time: 1,
             hash: String::new(),
+            request: None,
+            lease: None,
         }
     }
 

@@ -26,6 +26,7 @@ fn batch(epoch: u64, lines: &[&str]) -> NewBatch {
         }),
         time_unix_micros: 1,
         entries: lines.iter().map(|l| l.as_bytes().to_vec()).collect(),
+        request: None,
     }
 }
 
