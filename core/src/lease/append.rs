@@ -63,11 +63,11 @@ impl Core {
             inner.lock().forget_if_idle(&resource);
             match (result, retry) {
                 (Err(e @ CoreError::LeaseNotFound { .. }), Some((lease_id, request_id))) => {
-                    let log = inner.log(&resource).await?;
-                    match log.recorded(&request_id, Some(&lease_id), "") {
-                        Some(found) => Ok(appended(found)),
-                        None => Err(e),
-                    }
+                    let found = match inner.log(&resource).await {
+                        Ok(log) => log.recorded(&request_id, Some(&lease_id), ""),
+                        Err(_) => None,
+                    };
+                    found.map(appended).ok_or(e)
                 }
                 (result, _) => result,
             }
@@ -97,10 +97,15 @@ impl Core {
         }
         // Not remembered: the original may have come before a restart, so its batch is looked
         // for in the log.
-        if let Some((client_id, request_id)) = &key {
+        if let Some(key) = &key {
             let log = self.inner.log(&args.resource).await?;
-            if let Some(found) = log.recorded(request_id, None, client_id) {
-                return Ok((appended(found), found.token));
+            if let Some(found) = log.recorded(&key.1, None, &key.0) {
+                let done = appended(found);
+                // Remembered again, so the key stays bound to this resource.
+                self.inner
+                    .lock()
+                    .remember_once(key.clone(), (done, found.token, args.resource.clone()));
+                return Ok((done, found.token));
             }
         }
         let grant = self

@@ -1,5 +1,6 @@
 //! One resource's log in the embedded store: its files, in-memory index and head.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, Weak};
@@ -33,13 +34,13 @@ pub struct EmbeddedLog {
     state: Mutex<LogState>,
     /// Ticks each time the writer finishes one of this log's batches (see `durable`).
     progress: watch::Sender<()>,
-    /// Batches in the index when the log was opened: the ones whose requests the lease layer
-    /// cannot remember (they may come from before a restart), see [`EmbeddedLog::recorded`].
-    opened_with: usize,
 }
 
 #[derive(Debug)]
 struct LogState {
+    /// The requests of the newest batches the log held when it was opened (see
+    /// [`EmbeddedLog::recorded`]).
+    recorded: HashMap<RequestKey, Recorded>,
     /// Open descriptors, if any: closed under descriptor pressure, reopened on use.
     files: Option<Arc<Files>>,
     /// (device, inode) of the session file once it exists; a reopen must find the same file.
@@ -72,6 +73,7 @@ impl EmbeddedLog {
         paths::check(root, name)?;
         let paths = ResourcePaths::new(root, name);
         let mut state = LogState {
+            recorded: HashMap::new(),
             files: None,
             identity: None,
             used: true,
@@ -155,6 +157,7 @@ impl EmbeddedLog {
                 }
             }
         }
+        state.recorded = requests_of(&mut state.index.batches);
         Ok(Self {
             name: name.clone(),
             root: root.to_path_buf(),
@@ -162,7 +165,6 @@ impl EmbeddedLog {
             wal,
             budget,
             me: Weak::new(),
-            opened_with: state.index.batches.len(),
             state: Mutex::new(state),
             progress: watch::Sender::new(()),
         })
@@ -263,7 +265,15 @@ impl EmbeddedLog {
             let mut st = self.lock();
             st.pending = st.pending.saturating_sub(1);
             match result {
-                Ok(()) => st.index.push(record, hashes),
+                // The request is on disk; in memory the lease layer remembers it.
+                Ok(()) => st.index.push(
+                    BatchRecord {
+                        request: None,
+                        lease: None,
+                        ..record
+                    },
+                    hashes,
+                ),
                 Err(e) => {
                     st.blocked.get_or_insert(e);
                     st.failed_from = Some(
@@ -637,35 +647,60 @@ impl ResourceLog for EmbeddedLog {
         client_id: &str,
     ) -> Option<Recorded> {
         let st = self.lock();
-        let end = self.opened_with.min(st.index.batches.len());
-        st.index.batches[end.saturating_sub(RECORDED_LOOKBACK)..end]
-            .iter()
-            .rev()
-            .find(|b| {
-                b.request.as_deref() == Some(request_id)
-                    && b.lease.as_deref() == lease_id
-                    && (lease_id.is_some() || b.owner.client_id == client_id)
-            })
-            .map(|b| {
-                let count = b.lens.len() as u64;
-                let mut chain_hash = [0u8; 32];
-                hex::decode_to_slice(&b.hash, &mut chain_hash).unwrap_or_default();
-                Recorded {
-                    first_seq: b.seq,
-                    last_seq: b.seq + count - 1,
-                    head: Head {
-                        epoch: b.epoch,
-                        next_seq: b.seq + count,
-                        length: b.offset + b.byte_len(),
-                        chain_hash,
-                    },
-                    token: b.token,
-                }
-            })
+        // A blocked file may lack the batch: the blocking error is the answer then.
+        if st.blocked.is_some() {
+            return None;
+        }
+        st.recorded
+            .get(&request_key(request_id, lease_id, client_id))
+            .copied()
     }
 }
 
-/// How many of the batches a log held when it was opened [`EmbeddedLog::recorded`] looks through
-/// (newest first) for a retried request: retries come within seconds, not thousands of batches
-/// later.
+/// How many of the batches a log holds when it is opened keep their requests for
+/// [`EmbeddedLog::recorded`]: retries come within seconds, not thousands of batches later.
 const RECORDED_LOOKBACK: usize = 4096;
+
+/// A batch's request: (request id, lease id for Append, client id for AppendOnce).
+type RequestKey = (String, Option<String>, String);
+
+fn request_key(request_id: &str, lease_id: Option<&str>, client_id: &str) -> RequestKey {
+    match lease_id {
+        Some(lease) => (request_id.to_owned(), Some(lease.to_owned()), String::new()),
+        None => (request_id.to_owned(), None, client_id.to_owned()),
+    }
+}
+
+/// The requests of the last [`RECORDED_LOOKBACK`] batches, by key; every batch's request is then
+/// dropped from memory (it stays in the index file).
+fn requests_of(batches: &mut [BatchRecord]) -> HashMap<RequestKey, Recorded> {
+    let from = batches.len().saturating_sub(RECORDED_LOOKBACK);
+    let mut found = HashMap::new();
+    for (i, b) in batches.iter_mut().enumerate() {
+        let (Some(request), lease) = (b.request.take(), b.lease.take()) else {
+            continue;
+        };
+        if i < from || b.lens.is_empty() {
+            continue;
+        }
+        let count = b.lens.len() as u64;
+        let mut chain_hash = [0u8; 32];
+        hex::decode_to_slice(&b.hash, &mut chain_hash).unwrap_or_default();
+        let key = request_key(&request, lease.as_deref(), &b.owner.client_id);
+        found.insert(
+            key,
+            Recorded {
+                first_seq: b.seq,
+                last_seq: b.seq + count - 1,
+                head: Head {
+                    epoch: b.epoch,
+                    next_seq: b.seq + count,
+                    length: b.offset + b.byte_len(),
+                    chain_hash,
+                },
+                token: b.token,
+            },
+        );
+    }
+    found
+}
