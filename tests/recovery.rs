@@ -217,25 +217,14 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
 
 #[test]
 fn a_metadata_dir_that_is_a_link_is_refused() {
-    // A checkpoint syncs the WAL's filesystem only, so the metadata must live beside the files.
+    // A checkpoint syncs the metadata dir's filesystem only, so it must be the session files' too.
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("data");
     let elsewhere = dir.path().join("elsewhere");
     std::fs::create_dir_all(&data_dir).unwrap();
     std::fs::create_dir_all(&elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, data_dir.join(".fencepost")).unwrap();
-    let out = run_fencepost([
-        OsStr::new("--listen"),
-        OsStr::new("127.0.0.1:0"),
-        OsStr::new("--data-dir"),
-        data_dir.as_os_str(),
-    ]);
-    assert!(!out.status.success(), "must exit non-zero");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(".fencepost is a symbolic link"),
-        "stderr names the reason: {stderr}"
-    );
+    assert_refused_at_start("127.0.0.1:0", &data_dir, ".fencepost is a symbolic link");
     assert_eq!(
         std::fs::read_dir(&elsewhere).unwrap().count(),
         0,

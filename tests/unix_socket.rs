@@ -72,19 +72,10 @@ fn a_listen_path_that_is_not_a_socket_is_refused_and_left_alone() {
     let victim = dir.path().join("notes.jsonl");
     std::fs::write(&victim, b"{\"keep\":true}\n").expect("write");
     let listen = format!("unix:{}", victim.display());
-    let data_dir = dir.path().join("data");
-    let out = run_fencepost([
-        std::ffi::OsStr::new("--listen"),
-        listen.as_ref(),
-        "--data-dir".as_ref(),
-        data_dir.as_os_str(),
-    ]);
-
-    assert!(!out.status.success(), "must exit non-zero");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("exists and is not a socket"),
-        "stderr names the reason: {stderr}"
+    assert_refused_at_start(
+        &listen,
+        &dir.path().join("data"),
+        "exists and is not a socket",
     );
     assert_eq!(
         std::fs::read(&victim).expect("still there"),

@@ -294,6 +294,25 @@ pub fn run_fencepost<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Outp
     wait_output(child, None, WAIT)
 }
 
+/// Starts `fencepost --listen LISTEN --data-dir DATA_DIR` and checks that it refuses to start:
+/// a non-zero exit, `reason` on stderr, and no readiness line.
+pub fn assert_refused_at_start(listen: &str, data_dir: &Path, reason: &str) {
+    let out = run_fencepost([
+        OsStr::new("--listen"),
+        OsStr::new(listen),
+        OsStr::new("--data-dir"),
+        data_dir.as_os_str(),
+    ]);
+    assert!(!out.status.success(), "must exit non-zero");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(reason), "stderr names the reason: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("listening"),
+        "never became ready: {stdout}"
+    );
+}
+
 /// Feeds `stdin` (if piped), then waits for the child's output, killing it after `timeout`.
 pub fn wait_output(mut child: Child, stdin: Option<Vec<u8>>, timeout: Duration) -> Output {
     let pid = child.id();
