@@ -15,7 +15,7 @@ use fencepost::v1::AppendRequest;
 
 #[derive(Clone, Copy, Debug)]
 enum Loss {
-    /// Unsynced bytes are gone.
+    /// Unsynced bytes are gone, and files never synced with them.
     Truncate,
     /// Unsynced bytes read back as zeros.
     Zeros,
@@ -49,13 +49,15 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// Applies the loss to every file the server writes through the WAL (session files, indexes, the
-/// WAL itself); files it never synced lose everything. Returns the bytes affected.
-fn lose_unsynced(data_dir: &Path, loss: Loss) -> u64 {
+/// WAL itself); files it never synced lose everything, and with [`Loss::Truncate`] vanish.
+/// Returns the bytes affected and the files removed.
+fn lose_unsynced(data_dir: &Path, loss: Loss) -> (u64, usize) {
     let synced = synced_lengths(data_dir);
     let meta = data_dir.join(".fencepost");
     let mut files = Vec::new();
     files_under(data_dir, &mut files);
     let mut affected = 0;
+    let mut removed = 0;
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     for path in files {
         let kept_as_is = [
@@ -67,6 +69,13 @@ fn lose_unsynced(data_dir: &Path, loss: Loss) -> u64 {
             continue;
         }
         let bytes = std::fs::read(&path).unwrap();
+        // A file never synced since it was created (nor its directory) can be gone altogether.
+        if matches!(loss, Loss::Truncate) && !synced.contains_key(&path) {
+            affected += bytes.len() as u64;
+            removed += 1;
+            std::fs::remove_file(&path).unwrap();
+            continue;
+        }
         let mut keep = synced
             .get(&path)
             .copied()
@@ -89,7 +98,7 @@ fn lose_unsynced(data_dir: &Path, loss: Loss) -> u64 {
         }
         std::fs::write(&path, out).unwrap();
     }
-    affected
+    (affected, removed)
 }
 
 struct Acked {
@@ -155,7 +164,7 @@ async fn power_loss_after_kill_9_loses_no_acknowledged_entry_and_raises_no_false
             !synced_lengths(server.data_dir()).is_empty(),
             "no sync journal: the server binary was not built with the `failpoints` feature (run `cargo test --workspace`)"
         );
-        let affected = lose_unsynced(server.data_dir(), loss);
+        let (affected, removed) = lose_unsynced(server.data_dir(), loss);
         let acked = std::mem::take(&mut *acked.lock().unwrap());
         tokio::task::block_in_place(|| server.restart());
 
@@ -171,7 +180,7 @@ async fn power_loss_after_kill_9_loses_no_acknowledged_entry_and_raises_no_false
         }
         let files = verdict.unwrap_or_else(|v| panic!("{loss:?}: {v}"));
         eprintln!(
-            "power loss {loss:?}: {} acknowledged batches over {} files checked, {affected} unsynced bytes lost",
+            "power loss {loss:?}: {} acknowledged batches over {} files checked, {affected} unsynced bytes lost, {removed} files removed",
             acked.len(),
             files
         );
@@ -179,6 +188,12 @@ async fn power_loss_after_kill_9_loses_no_acknowledged_entry_and_raises_no_false
             affected > 0,
             "{loss:?}: the crash left unsynced bytes to lose"
         );
+        if matches!(loss, Loss::Truncate) {
+            assert!(
+                removed > 0,
+                "files created since the last checkpoint were removed and recreated by replay"
+            );
+        }
     }
 }
 
