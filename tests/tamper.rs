@@ -23,6 +23,18 @@ async fn adopt(
     .map(tonic::Response::into_inner)
 }
 
+/// A server where `resource` holds one line, `{"n":1}`, and is free again.
+async fn written_once(resource: &str) -> (Server, Client) {
+    let server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, resource, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":1}"#])
+        .await
+        .expect("append");
+    release(&mut c, &lease).await;
+    (server, c)
+}
+
 fn append_externally(server: &Server, resource: &str, bytes: &[u8]) {
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -162,13 +174,7 @@ async fn an_in_place_edit_made_while_the_server_was_down_is_found_at_start() {
 #[tokio::test]
 async fn a_partial_foreign_line_is_not_adopted() {
     const R: &str = "tamper/partial.jsonl";
-    let server = Server::start(ServerOpts::default());
-    let mut c = server.grpc().await;
-    let lease = acquire(&mut c, R, 30_000).await;
-    append(&mut c, &lease, &[r#"{"n":1}"#])
-        .await
-        .expect("append");
-    release(&mut c, &lease).await;
+    let (server, mut c) = written_once(R).await;
     append_externally(&server, R, b"{\"half\":");
     let refused = adopt(&mut c, R).await;
     let status = assert_rejected(refused, Code::FailedPrecondition, "EXTERNAL_MODIFICATION");
@@ -183,13 +189,7 @@ async fn a_partial_foreign_line_is_not_adopted() {
 #[tokio::test]
 async fn a_deleted_session_file_is_not_adopted_until_it_exists_again() {
     const R: &str = "tamper/deleted.jsonl";
-    let server = Server::start(ServerOpts::default());
-    let mut c = server.grpc().await;
-    let lease = acquire(&mut c, R, 30_000).await;
-    append(&mut c, &lease, &[r#"{"n":1}"#])
-        .await
-        .expect("append");
-    release(&mut c, &lease).await;
+    let (server, mut c) = written_once(R).await;
     std::fs::remove_file(server.file(R)).unwrap();
     let refused = adopt(&mut c, R).await;
     let status = assert_rejected(refused, Code::FailedPrecondition, "EXTERNAL_MODIFICATION");
@@ -247,13 +247,7 @@ async fn the_periodic_scan_reports_a_change_on_watch_and_adoption_is_reported_to
 #[tokio::test]
 async fn fencepostctl_adopt_prints_the_new_head_and_what_was_adopted() {
     const R: &str = "tamper/cli.jsonl";
-    let server = Server::start(ServerOpts::default());
-    let mut c = server.grpc().await;
-    let lease = acquire(&mut c, R, 30_000).await;
-    append(&mut c, &lease, &[r#"{"n":1}"#])
-        .await
-        .expect("append");
-    release(&mut c, &lease).await;
+    let (server, mut c) = written_once(R).await;
     append_externally(&server, R, b"{\"ext\":1}\n{\"ext\":2}\n");
     let out = common::ctl::ctl(server.endpoint(), ["adopt", R], None);
     assert!(

@@ -286,14 +286,17 @@ impl State {
     /// (expire, be force-released) while a batch checked under it is being ordered, and a retry
     /// after a lost reply must still get the original result, not append again.
     pub fn remember_append(&mut self, id: &str, request_id: String, result: Appended) {
-        let appends = match self.leases.get_mut(id) {
-            Some(rec) => &mut rec.appends,
-            None => match self.ended.get_mut(id) {
-                Some(ended) => &mut ended.appends,
-                None => return,
-            },
-        };
-        remember(appends, request_id, result);
+        if let Some(appends) = self.appends_mut(id) {
+            remember(appends, request_id, result);
+        }
+    }
+
+    /// The remembered append results of lease `id`, live or ended.
+    fn appends_mut(&mut self, id: &str) -> Option<&mut VecDeque<(String, Appended)>> {
+        match self.leases.get_mut(id) {
+            Some(rec) => Some(&mut rec.appends),
+            None => self.ended.get_mut(id).map(|e| &mut e.appends),
+        }
     }
 
     /// Forgets the results remembered for a batch that then failed.
@@ -303,14 +306,10 @@ impl State {
         request_id: Option<&str>,
         once_key: Option<&(String, String)>,
     ) {
-        if let Some(request_id) = request_id {
-            let appends = match self.leases.get_mut(id) {
-                Some(rec) => Some(&mut rec.appends),
-                None => self.ended.get_mut(id).map(|e| &mut e.appends),
-            };
-            if let Some(appends) = appends {
-                appends.retain(|(r, _)| r != request_id);
-            }
+        if let Some(request_id) = request_id
+            && let Some(appends) = self.appends_mut(id)
+        {
+            appends.retain(|(r, _)| r != request_id);
         }
         if let Some(key) = once_key {
             self.once.remove(key);

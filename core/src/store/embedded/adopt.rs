@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::index::{BatchRecord, Index};
 use super::paths::{self, ResourcePaths, sync_dir};
 use crate::error::CoreError;
-use crate::model::{Owner, OwnerKind, chain, now_unix_micros};
+use crate::model::{Head, Owner, OwnerKind, chain, now_unix_micros};
 use crate::resource::ResourceName;
 
 /// The owner recorded on adopted bytes.
@@ -61,11 +61,8 @@ pub fn adopt(
         })?;
     let last_epoch = records.last().map_or(0, |r| r.epoch);
     let kept = verified_prefix(records, &data);
-    let (offset, seq, mut hash) = kept.last().map_or((0, 1, [0u8; 32]), |r| {
-        let mut h = [0u8; 32];
-        hex::decode_to_slice(&r.hash, &mut h).unwrap_or_default();
-        (r.offset + r.byte_len(), r.seq + r.lens.len() as u64, h)
-    });
+    let after = kept.last().map_or(Head::EMPTY, BatchRecord::head_after);
+    let (offset, seq, mut hash) = (after.length, after.next_seq, after.chain_hash);
     let rest = &data[usize::try_from(offset)
         .unwrap_or(usize::MAX)
         .min(data.len())..];

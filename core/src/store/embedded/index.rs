@@ -45,6 +45,18 @@ impl BatchRecord {
         self.lens.iter().map(|l| u64::from(*l) + 1).sum()
     }
 
+    /// The head right after this batch.
+    pub fn head_after(&self) -> Head {
+        let mut chain_hash = [0u8; 32];
+        hex::decode_to_slice(&self.hash, &mut chain_hash).unwrap_or_default();
+        Head {
+            epoch: self.epoch,
+            next_seq: self.seq + self.lens.len() as u64,
+            length: self.offset + self.byte_len(),
+            chain_hash,
+        }
+    }
+
     /// One index line, newline-terminated.
     pub fn to_line(&self) -> Vec<u8> {
         let mut line = serde_json::to_vec(self).expect("batch records always serialize");

@@ -152,7 +152,7 @@ impl EmbeddedLog {
                     state.blocked = Some(modified(format!(
                         "cannot tell whether lines acknowledged before a restart were kept \
                          aside for it: {}: {e}",
-                        paths::meta_dir(root).join("held").display()
+                        paths::held_root(root).display()
                     )));
                 }
             }
@@ -683,21 +683,14 @@ fn requests_of(batches: &mut [BatchRecord]) -> HashMap<RequestKey, Recorded> {
         if i < from || b.lens.is_empty() {
             continue;
         }
-        let count = b.lens.len() as u64;
-        let mut chain_hash = [0u8; 32];
-        hex::decode_to_slice(&b.hash, &mut chain_hash).unwrap_or_default();
+        let head = b.head_after();
         let key = request_key(&request, lease.as_deref(), &b.owner.client_id);
         found.insert(
             key,
             Recorded {
                 first_seq: b.seq,
-                last_seq: b.seq + count - 1,
-                head: Head {
-                    epoch: b.epoch,
-                    next_seq: b.seq + count,
-                    length: b.offset + b.byte_len(),
-                    chain_hash,
-                },
+                last_seq: head.next_seq - 1,
+                head,
                 token: b.token,
             },
         );

@@ -48,7 +48,7 @@ pub struct EmbeddedStore {
 }
 
 /// Refuses a metadata dir that is a link or on another filesystem than the data dir: a checkpoint
-/// syncs the WAL's filesystem only, so the session files must share it.
+/// syncs the metadata dir's filesystem only, so the session files must share it.
 fn one_filesystem(root: &Path, meta: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let link = match std::fs::symlink_metadata(meta) {
@@ -64,7 +64,7 @@ fn one_filesystem(root: &Path, meta: &Path) -> io::Result<()> {
     }
     if link.dev() != std::fs::metadata(root)?.dev() {
         return Err(io::Error::other(format!(
-            "{} is on another filesystem than {}; the write-ahead log must share the session \
+            "{} is on another filesystem than {}; the server's metadata must share the session \
              files' filesystem",
             meta.display(),
             root.display()

@@ -6,12 +6,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::Mode;
-use std::path::{Path, PathBuf};
 
 use crate::error::CoreError;
 use crate::resource::{ADOPTING_SUFFIX, INDEX_SUFFIX, RESERVED_SEGMENT, ResourceName};
@@ -54,11 +54,16 @@ fn unsafe_path(name: &ResourceName, reason: String) -> CoreError {
     }
 }
 
-/// Where replay keeps the logged lines of `name` that it could not put back (see
-/// [`super::replay`]): `.fencepost/held/<generation>/<name>`.
+/// Where replay keeps, per generation, the logged lines it could not put back (see
+/// [`super::replay`]): `.fencepost/held/`.
+pub fn held_root(root: &Path) -> PathBuf {
+    meta_dir(root).join("held")
+}
+
+/// Where replay keeps the logged lines of `name` that it could not put back:
+/// `.fencepost/held/<generation>/<name>`.
 pub fn held_path(root: &Path, generation: u64, name: &ResourceName) -> PathBuf {
-    meta_dir(root)
-        .join("held")
+    held_root(root)
         .join(generation.to_string())
         .join(name.as_str())
 }
@@ -71,7 +76,7 @@ pub fn held_path(root: &Path, generation: u64, name: &ResourceName) -> PathBuf {
 /// # Errors
 /// `.fencepost/held/` cannot be listed.
 pub fn held_back(root: &Path, name: &ResourceName) -> io::Result<Vec<PathBuf>> {
-    let generations = match fs::read_dir(meta_dir(root).join("held")) {
+    let generations = match fs::read_dir(held_root(root)) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -109,7 +114,7 @@ pub fn held_back(root: &Path, name: &ResourceName) -> io::Result<Vec<PathBuf>> {
 /// # Errors
 /// The I/O error.
 pub fn set_held_aside(root: &Path, name: &ResourceName) -> io::Result<Vec<PathBuf>> {
-    let held = meta_dir(root).join("held");
+    let held = held_root(root);
     let stamp = crate::model::now_unix_micros();
     let mut moved = Vec::new();
     for from in held_back(root, name)? {
@@ -170,8 +175,8 @@ fn walk(root: &Path, name: &ResourceName, create: bool) -> Result<Vec<PathBuf>, 
         let path = dir.join(seg);
         let last = i + 1 == segments.len();
         match fs::symlink_metadata(&path) {
-            // A checkpoint makes the WAL's filesystem durable in one call: a session file on
-            // another one (below a mount point) would not be.
+            // A checkpoint makes the data dir's filesystem durable in one call: a session file
+            // on another one (below a mount point) would not be.
             Ok(meta) if meta.dev() != device => {
                 return Err(unsafe_path(
                     name,

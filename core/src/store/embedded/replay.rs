@@ -275,6 +275,14 @@ fn check_data(file: Option<&File>, batches: &[(BatchRecord, &[u8])]) -> Result<(
     Ok(())
 }
 
+/// The batches' lines, one after the other.
+fn lines_of(batches: &[(BatchRecord, &[u8])]) -> Vec<u8> {
+    batches
+        .iter()
+        .flat_map(|(_, bytes)| bytes.iter().copied())
+        .collect()
+}
+
 /// Removes `.fencepost/held/<generation>/<name>` if it holds exactly these batches' lines, which
 /// were just written back.
 fn forget_held_copy(
@@ -289,12 +297,7 @@ fn forget_held_copy(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    if held
-        == batches
-            .iter()
-            .flat_map(|(_, bytes)| bytes.iter().copied())
-            .collect::<Vec<u8>>()
-    {
+    if held == lines_of(batches) {
         std::fs::remove_file(&path)?;
         sync_dir(path.parent().expect("held file has a parent"))?;
     }
@@ -310,10 +313,7 @@ fn hold_back(
     name: &ResourceName,
     batches: &[(BatchRecord, &[u8])],
 ) -> io::Result<PathBuf> {
-    let lines: Vec<u8> = batches
-        .iter()
-        .flat_map(|(_, bytes)| bytes.iter().copied())
-        .collect();
+    let lines = lines_of(batches);
     let mut path = paths::held_path(root, generation, name);
     match std::fs::read(&path) {
         // The same records, kept by an earlier start that then failed.
@@ -321,8 +321,7 @@ fn hold_back(
         // Other lines under the same generation number (the WAL was recreated since): never
         // written over; this start's copy goes beside them.
         Ok(_) => {
-            path = paths::meta_dir(root)
-                .join("held")
+            path = paths::held_root(root)
                 .join(format!("{generation}.{}", crate::model::now_unix_micros()))
                 .join(name.as_str());
         }
