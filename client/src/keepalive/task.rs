@@ -12,7 +12,7 @@ use proto::v1::fencepost_client::FencepostClient;
 use proto::v1::{KeepAliveRequest, KeepAliveResponse};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 
 use super::Command;
@@ -21,7 +21,7 @@ use crate::Error;
 use crate::health::{LeaseHealth, LeaseSignal, LossReason};
 use crate::retry::Backoff;
 
-/// Renewals sent and not yet answered, at most; a stalled stream skips ticks beyond this.
+/// Renewal rounds sent and not yet answered, at most; a stalled stream skips ticks beyond this.
 const MAX_IN_FLIGHT: usize = 16;
 /// The shortest renewal period, for leases with a tiny TTL.
 const MIN_PERIOD: Duration = Duration::from_millis(10);
@@ -44,7 +44,8 @@ impl Tracked {
 }
 
 struct Open {
-    requests: mpsc::Sender<KeepAliveRequest>,
+    /// Unbounded: [`send_round`] bounds what is queued by the rounds in flight.
+    requests: mpsc::UnboundedSender<KeepAliveRequest>,
     replies: tonic::Streaming<KeepAliveResponse>,
     in_flight: InFlight,
 }
@@ -135,30 +136,17 @@ impl Task {
         }
     }
 
-    /// Sends one renewal naming every live lease.
+    /// Sends one renewal round naming every live lease.
     fn tick(&mut self) {
         let now = Instant::now();
         self.next_tick = now + self.period();
         let Some(open) = self.stream.as_mut() else {
             return;
         };
-        if open.in_flight.len() >= MAX_IN_FLIGHT {
-            return;
-        }
         let mut lease_ids: Vec<String> = self.leases.keys().cloned().collect();
         lease_ids.sort_unstable();
-        // The server takes a bounded number of ids per message.
-        for chunk in lease_ids.chunks(proto::MAX_KEEPALIVE_IDS) {
-            match open.requests.try_send(KeepAliveRequest {
-                lease_ids: chunk.to_vec(),
-            }) {
-                Ok(()) => open.in_flight.push(now, chunk.to_vec()),
-                Err(mpsc::error::TrySendError::Full(_)) => return,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.broken();
-                    return;
-                }
-            }
+        if send_round(&open.requests, &mut open.in_flight, &lease_ids, now).is_err() {
+            self.broken();
         }
     }
 
@@ -276,10 +264,32 @@ impl Task {
     }
 }
 
+/// Sends one renewal round naming `lease_ids`, in messages of at most the server's limit of ids
+/// each, unless [`MAX_IN_FLIGHT`] rounds are unanswered. A round is sent whole or not at all, so
+/// that every lease is renewed however many messages it takes. `Err` when the stream is gone.
+fn send_round(
+    requests: &mpsc::UnboundedSender<KeepAliveRequest>,
+    in_flight: &mut InFlight,
+    lease_ids: &[String],
+    now: Instant,
+) -> Result<(), mpsc::error::SendError<KeepAliveRequest>> {
+    let messages = lease_ids.len().div_ceil(proto::MAX_KEEPALIVE_IDS).max(1);
+    if in_flight.len() >= MAX_IN_FLIGHT * messages {
+        return Ok(());
+    }
+    for chunk in lease_ids.chunks(proto::MAX_KEEPALIVE_IDS) {
+        requests.send(KeepAliveRequest {
+            lease_ids: chunk.to_vec(),
+        })?;
+        in_flight.push(now, chunk.to_vec());
+    }
+    Ok(())
+}
+
 /// Opens the KeepAlive stream: requests go through a channel the task feeds.
 async fn open(mut rpc: FencepostClient<Channel>) -> Result<Open, Error> {
-    let (requests, outbound) = mpsc::channel(MAX_IN_FLIGHT);
-    let call = rpc.keep_alive(ReceiverStream::new(outbound));
+    let (requests, outbound) = mpsc::unbounded_channel();
+    let call = rpc.keep_alive(UnboundedReceiverStream::new(outbound));
     let replies = tokio::time::timeout(OPEN_TIMEOUT, call)
         .await
         .map_err(|_elapsed| Error::RequestTimeout {
@@ -359,5 +369,41 @@ mod tests {
             LeaseHealth::Lost(LossReason::ConnectionLost)
         );
         assert!(task.leases.is_empty());
+    }
+
+    #[test]
+    fn every_lease_is_in_every_round_however_many_messages_it_takes() {
+        let (requests, mut outbound) = mpsc::unbounded_channel();
+        let mut in_flight = InFlight::default();
+        // More messages per round than rounds in flight: the tail of the set used to be cut off
+        // once the request channel (sized in messages) filled.
+        let count = (MAX_IN_FLIGHT + 1) * proto::MAX_KEEPALIVE_IDS + 1;
+        let ids: Vec<String> = (0..count).map(|i| format!("l{i:07}")).collect();
+        let now = Instant::now();
+        for _ in 0..MAX_IN_FLIGHT {
+            send_round(&requests, &mut in_flight, &ids, now).unwrap();
+            let mut named = Vec::new();
+            while let Ok(request) = outbound.try_recv() {
+                assert!(request.lease_ids.len() <= proto::MAX_KEEPALIVE_IDS);
+                named.extend(request.lease_ids);
+            }
+            assert_eq!(named, ids, "a round names every lease once");
+        }
+        // Unanswered rounds at the limit: the next tick sends nothing.
+        send_round(&requests, &mut in_flight, &ids, now).unwrap();
+        assert!(outbound.try_recv().is_err());
+        // Replies to the first round's messages make room for one more round.
+        for chunk in ids.chunks(proto::MAX_KEEPALIVE_IDS) {
+            let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            assert_eq!(in_flight.answered(&names), Some(now));
+        }
+        send_round(&requests, &mut in_flight, &ids, now).unwrap();
+        assert_eq!(
+            std::iter::from_fn(|| outbound.try_recv().ok()).count(),
+            ids.len().div_ceil(proto::MAX_KEEPALIVE_IDS)
+        );
+        drop(outbound);
+        let mut fresh = InFlight::default();
+        assert!(send_round(&requests, &mut fresh, &ids, now).is_err());
     }
 }
