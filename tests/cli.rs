@@ -107,6 +107,47 @@ fn a_stale_token_or_a_released_lease_exits_3_naming_the_reason() {
 }
 
 #[test]
+fn leases_past_the_server_limits_are_refused_naming_the_limit_and_others_keep_theirs() {
+    let server = Server::start(
+        ServerOpts::default()
+            .arg("--max-leases", "3")
+            .arg("--max-leases-per-client", "2"),
+    );
+    let endpoint = server.endpoint();
+    let as_client =
+        |id: &'static str| move |r: &str| ["acquire", r, "--client-id", id].map(String::from);
+    let (leaky, other) = (as_client("leaky"), as_client("other"));
+    let first = ctl_object(&ctl(endpoint, leaky("limits/a1.jsonl"), None));
+    ctl_object(&ctl(endpoint, leaky("limits/a2.jsonl"), None));
+    let refused = ctl(endpoint, leaky("limits/a3.jsonl"), None);
+    let line = assert_ctl_error(&refused, EXIT_FAILURE, "TOO_MANY_LEASES");
+    assert!(line.contains("--max-leases-per-client (2)"), "{line}");
+    // Another client still gets a lease, up to the server-wide limit.
+    let held = ctl_acquire(endpoint, "limits/b1.jsonl", &[]);
+    let refused = ctl(endpoint, other("limits/b2.jsonl"), None);
+    let line = assert_ctl_error(&refused, EXIT_FAILURE, "TOO_MANY_LEASES");
+    assert!(
+        line.contains("the server") && line.contains("--max-leases (3)"),
+        "{line}"
+    );
+    // Refusals changed nothing: the held leases still append, and a release makes room.
+    let appended = ctl_append(endpoint, &held, held.token, b"{\"n\":1}\n");
+    assert!(appended.status.success(), "{appended:?}");
+    let released = ctl(
+        endpoint,
+        [
+            "release",
+            "limits/a1.jsonl",
+            "--lease",
+            first["lease_id"].as_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(released.status.success(), "{released:?}");
+    ctl_object(&ctl(endpoint, leaky("limits/a3.jsonl"), None));
+}
+
+#[test]
 fn acquire_that_runs_out_of_wait_exits_4_naming_the_reason() {
     const R: &str = "cli/busy.jsonl";
     let server = Server::start(ServerOpts::default());

@@ -21,6 +21,10 @@ pub struct Limits {
     pub max_batch_entries: usize,
     /// How often active session files are checked for changes made behind the server's back.
     pub scan_interval: Duration,
+    /// Most leases held plus acquires waiting, server-wide.
+    pub max_leases: usize,
+    /// Most leases held plus acquires waiting by one client id.
+    pub max_leases_per_client: usize,
 }
 
 impl Default for Limits {
@@ -34,6 +38,8 @@ impl Default for Limits {
             max_batch_bytes: 4 << 20,
             max_batch_entries: 10_000,
             scan_interval: Duration::from_secs(30),
+            max_leases: 1_000_000,
+            max_leases_per_client: 100_000,
         }
     }
 }

@@ -154,6 +154,20 @@ pub enum CoreError {
         /// What is wrong.
         detail: String,
     },
+    /// Granting another lease would pass a limit on leases held or waited for.
+    #[error(
+        "{holder} already holds or waits for {count} leases, the limit set by {flag} ({limit}); release leases that are no longer needed, or raise {flag}"
+    )]
+    TooManyLeases {
+        /// Who is at the limit: a client id, or the server as a whole.
+        holder: String,
+        /// Leases held plus acquires waiting.
+        count: usize,
+        /// The limit.
+        limit: usize,
+        /// The server flag that sets it.
+        flag: &'static str,
+    },
     /// The server is shutting down.
     #[error("the server is shutting down; retry against another instance or after restart")]
     ShuttingDown,
@@ -183,6 +197,7 @@ impl CoreError {
             Self::ResourceBusy { .. } => "RESOURCE_BUSY",
             Self::StorageFailed { .. } => "STORAGE_FAILED",
             Self::CorruptMetadata { .. } => "CORRUPT_METADATA",
+            Self::TooManyLeases { .. } => "TOO_MANY_LEASES",
             Self::ShuttingDown => "SHUTTING_DOWN",
         }
     }
@@ -252,6 +267,13 @@ impl CoreError {
             } => vec![
                 ("resource", resource.clone()),
                 ("waited_ms", waited_ms.to_string()),
+            ],
+            Self::TooManyLeases {
+                count, limit, flag, ..
+            } => vec![
+                ("count", count.to_string()),
+                ("limit", limit.to_string()),
+                ("flag", (*flag).to_owned()),
             ],
             Self::ShuttingDown => vec![],
         }

@@ -41,6 +41,20 @@ pub struct Config {
     #[arg(long, env = "FENCEPOST_MAX_BATCH_BYTES", default_value_t = 4 << 20)]
     pub max_batch_bytes: usize,
 
+    /// Most leases the server holds plus Acquire calls waiting for one, in all; past it, Acquire
+    /// fails with RESOURCE_EXHAUSTED / TOO_MANY_LEASES.
+    #[arg(long, env = "FENCEPOST_MAX_LEASES", default_value_t = 1_000_000)]
+    pub max_leases: usize,
+
+    /// Most leases held plus Acquire calls waiting for one by a single client id, so that one
+    /// client that leaks leases cannot use up the server's --max-leases.
+    #[arg(
+        long,
+        env = "FENCEPOST_MAX_LEASES_PER_CLIENT",
+        default_value_t = 100_000
+    )]
+    pub max_leases_per_client: usize,
+
     /// How often session files in use are checked for changes made behind the server's back.
     #[arg(long, env = "FENCEPOST_SCAN_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub scan_interval: Duration,
@@ -110,6 +124,8 @@ impl Config {
             max_entry_bytes: self.max_entry_bytes,
             max_batch_bytes: self.max_batch_bytes,
             scan_interval: self.scan_interval,
+            max_leases: self.max_leases,
+            max_leases_per_client: self.max_leases_per_client,
             ..defaults
         };
         // Deadlines are `now + duration`: bounded, so no client request can overflow them.
@@ -147,6 +163,9 @@ impl Config {
             return Err(
                 "--max-entry-bytes must be at least 1 and at most --max-batch-bytes".into(),
             );
+        }
+        if limits.max_leases == 0 || limits.max_leases_per_client == 0 {
+            return Err("--max-leases and --max-leases-per-client must be at least 1".into());
         }
         if limits.max_batch_bytes > 64 << 20 {
             return Err("--max-batch-bytes is capped at 64 MiB".into());

@@ -26,6 +26,7 @@ pub fn status(err: &CoreError) -> Status {
         CoreError::LeaseNotFound { .. } => Code::NotFound,
         CoreError::WaitTimeout { .. } => Code::DeadlineExceeded,
         CoreError::CorruptMetadata { .. } => Code::DataLoss,
+        CoreError::TooManyLeases { .. } => Code::ResourceExhausted,
         CoreError::ShuttingDown => Code::Unavailable,
         _ => Code::Internal,
     };

@@ -43,6 +43,10 @@ fn inconsistent_limits_are_refused_with_a_message_and_no_data_dir() {
         (vec!["--scan-interval", "100years"], "--scan-interval is"),
         (vec!["--drain-timeout", "25h"], "--drain-timeout is"),
         (vec!["--ping-timeout", "10ms"], "at least 100ms"),
+        (
+            vec!["--max-leases-per-client", "0"],
+            "--max-leases-per-client must",
+        ),
     ] {
         let out = fencepost(&args, dir.path());
         let stderr = String::from_utf8_lossy(&out.stderr);

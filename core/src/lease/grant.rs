@@ -57,6 +57,7 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
                     idempotency_key: waiter.idempotency_key.clone(),
                     appends: Default::default(),
                     loss: Vec::new(),
+                    _claim: waiter.claim,
                 };
                 let deadline = rec.deadline;
                 if let Some(key) = &waiter.idempotency_key {

@@ -5,6 +5,7 @@
 //! after it is released, see [`Inner::apply`].
 
 mod append;
+mod claims;
 mod deadlines;
 mod expiry;
 mod grant;
@@ -20,6 +21,7 @@ use tokio::sync::{Notify, broadcast, oneshot};
 use tokio::time::Instant;
 
 pub use self::append::ReadFrom;
+use self::claims::Claims;
 use self::state::{Effects, Holder, State, Waiter};
 pub use self::types::{
     AcquireArgs, AppendArgs, AppendOnceArgs, Appended, Description, EndReason, Event, EventKind,
@@ -45,6 +47,8 @@ struct Inner {
     store: Arc<dyn Store>,
     limits: Limits,
     state: Mutex<State>,
+    /// Leases held and waited for, against the limits (own lock, taken after `state`).
+    claims: Claims,
     expiry: Notify,
     events: broadcast::Sender<Event>,
 }
@@ -92,6 +96,7 @@ impl Core {
     pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
         let inner = Arc::new(Inner {
             store,
+            claims: Claims::new(limits.max_leases, limits.max_leases_per_client),
             limits,
             state: Mutex::new(State::default()),
             expiry: Notify::new(),
@@ -137,6 +142,7 @@ impl Core {
             if let Some(grant) = existing_grant(&mut st, &args)? {
                 return Ok(grant);
             }
+            let claim = self.inner.claims.take(&args.owner.client_id)?;
             let res = st.resources.entry(resource.clone()).or_default();
             if args.wait.is_zero() && (!matches!(res.holder, Holder::Free) || !res.queue.is_empty())
             {
@@ -148,6 +154,7 @@ impl Core {
             let res = st.resources.get_mut(&resource).expect("just inserted");
             res.queue.push_back(Waiter {
                 id,
+                claim,
                 owner: Arc::new(args.owner),
                 ttl,
                 idempotency_key: args.idempotency_key,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex as AsyncMutex, oneshot};
 use tokio::time::Instant;
 
+use super::claims::Claim;
 use super::deadlines::Deadlines;
 use super::table::{LeaseKey, Leases};
 use super::types::{Appended, EndReason, Event, EventKind, Grant, LeaseView, LossSender};
@@ -22,6 +23,10 @@ use crate::store::ResourceLog;
 pub(super) const TOMBSTONES: usize = 65_536;
 /// Append results remembered per lease for request-id de-duplication.
 const REMEMBERED_APPENDS: usize = 64;
+/// Append results remembered on tombstones in all (about 150 bytes each); past it the oldest
+/// tombstones go first. Without it a busy server whose leases each append many batches would keep
+/// 64 results on each of [`TOMBSTONES`] tombstones, over half a gigabyte.
+pub(super) const TOMBSTONE_APPENDS: usize = 131_072;
 
 pub(super) enum Holder {
     Free,
@@ -31,6 +36,8 @@ pub(super) enum Holder {
 
 pub(super) struct Waiter {
     pub id: u64,
+    /// Counts the waiter, then its lease, against the lease limits.
+    pub claim: Claim,
     pub owner: Arc<Owner>,
     pub ttl: Duration,
     pub idempotency_key: Option<String>,
@@ -71,6 +78,8 @@ pub(super) struct LeaseRec {
     pub appends: VecDeque<(String, Appended)>,
     /// Keepalive streams to tell when the lease ends.
     pub loss: Vec<LossSender>,
+    /// Counts the lease against the lease limits until it ends (held for its drop).
+    pub _claim: Claim,
 }
 
 impl LeaseRec {
@@ -101,12 +110,19 @@ impl LeaseRec {
     }
 }
 
-/// Adds an append result to a lease's remembered ones (bounded, oldest forgotten first).
-fn remember(appends: &mut VecDeque<(String, Appended)>, request_id: String, result: Appended) {
-    if appends.len() == REMEMBERED_APPENDS {
+/// Adds an append result to a lease's remembered ones (bounded, oldest forgotten first); true if
+/// they grew.
+fn remember(
+    appends: &mut VecDeque<(String, Appended)>,
+    request_id: String,
+    result: Appended,
+) -> bool {
+    let full = appends.len() == REMEMBERED_APPENDS;
+    if full {
         appends.pop_front();
     }
     appends.push_back((request_id, result));
+    !full
 }
 
 /// What is remembered of an ended lease.
@@ -123,6 +139,9 @@ pub(super) struct State {
     pub leases: Leases,
     pub ended: HashMap<Arc<str>, Ended>,
     ended_order: VecDeque<Arc<str>>,
+    /// Append results remembered on tombstones, in all (at most [`TOMBSTONE_APPENDS`], give or
+    /// take one lease's).
+    ended_appends: usize,
     pub deadlines: Deadlines,
     pub idempotency: HashMap<(String, String), Arc<str>>,
     /// AppendOnce results by (client id, request id), for retries after a lost reply: the
@@ -190,11 +209,7 @@ impl State {
                 self.idempotency.remove(&k);
             }
         }
-        if self.ended_order.len() == TOMBSTONES
-            && let Some(old) = self.ended_order.pop_front()
-        {
-            self.ended.remove(&old);
-        }
+        self.ended_appends += rec.appends.len();
         self.ended.insert(
             id.clone(),
             Ended {
@@ -204,6 +219,7 @@ impl State {
             },
         );
         self.ended_order.push_back(id.clone());
+        self.trim_tombstones();
         for tx in &rec.loss {
             let _ = tx.send(id.clone());
         }
@@ -221,6 +237,21 @@ impl State {
             res.holder = Holder::Free;
         }
         self.pump(&rec.resource, fx);
+    }
+
+    /// Forgets the oldest tombstones while there are more than [`TOMBSTONES`], or while they
+    /// remember more than [`TOMBSTONE_APPENDS`] append results (the newest is always kept).
+    fn trim_tombstones(&mut self) {
+        while self.ended_order.len() > TOMBSTONES
+            || (self.ended_appends > TOMBSTONE_APPENDS && self.ended_order.len() > 1)
+        {
+            let Some(old) = self.ended_order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = self.ended.remove(&old) {
+                self.ended_appends -= gone.appends.len();
+            }
+        }
     }
 
     /// If `resource` is free, hands it to the first waiter still waiting (the grant itself runs
@@ -286,16 +317,13 @@ impl State {
     /// (expire, be force-released) while a batch checked under it is being ordered, and a retry
     /// after a lost reply must still get the original result, not append again.
     pub fn remember_append(&mut self, id: &str, request_id: String, result: Appended) {
-        if let Some(appends) = self.appends_mut(id) {
-            remember(appends, request_id, result);
-        }
-    }
-
-    /// The remembered append results of lease `id`, live or ended.
-    fn appends_mut(&mut self, id: &str) -> Option<&mut VecDeque<(String, Appended)>> {
-        match self.leases.get_mut(id) {
-            Some(rec) => Some(&mut rec.appends),
-            None => self.ended.get_mut(id).map(|e| &mut e.appends),
+        if let Some(rec) = self.leases.get_mut(id) {
+            remember(&mut rec.appends, request_id, result);
+        } else if let Some(ended) = self.ended.get_mut(id)
+            && remember(&mut ended.appends, request_id, result)
+        {
+            self.ended_appends += 1;
+            self.trim_tombstones();
         }
     }
 
@@ -306,10 +334,14 @@ impl State {
         request_id: Option<&str>,
         once_key: Option<&(String, String)>,
     ) {
-        if let Some(request_id) = request_id
-            && let Some(appends) = self.appends_mut(id)
-        {
-            appends.retain(|(r, _)| r != request_id);
+        if let Some(request_id) = request_id {
+            if let Some(rec) = self.leases.get_mut(id) {
+                rec.appends.retain(|(r, _)| r != request_id);
+            } else if let Some(ended) = self.ended.get_mut(id) {
+                let before = ended.appends.len();
+                ended.appends.retain(|(r, _)| r != request_id);
+                self.ended_appends -= before - ended.appends.len();
+            }
         }
         if let Some(key) = once_key {
             self.once.remove(key);

@@ -775,3 +775,108 @@ async fn an_appendonce_key_in_use_for_one_resource_is_refused_for_another_until_
     assert_eq!(kept.await.unwrap().unwrap().0.first_seq, 2);
     assert!(core.inner.lock().once_running.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn leases_held_and_waited_for_are_capped_per_client_and_in_all() {
+    let limits = Limits {
+        max_leases: 4,
+        max_leases_per_client: 2,
+        ..Limits::default()
+    };
+    let core = Core::new(Arc::new(MemStore::default()), limits);
+    let on = |who: &str, resource: &str, wait: Duration| AcquireArgs {
+        resource: ResourceName::parse(resource).unwrap(),
+        ..args(who, wait)
+    };
+    let a1 = core.acquire(on("a", "r/1", LONG)).await.unwrap();
+    // A waiting acquire counts too: `a` queues behind `b` on r/2.
+    let b2 = core.acquire(on("b", "r/2", LONG)).await.unwrap();
+    let c = core.clone();
+    let queued = tokio::spawn(async move { c.acquire(on("a", "r/2", LONG)).await });
+    tokio::task::yield_now().await;
+    let err = core.acquire(on("a", "r/3", LONG)).await.unwrap_err();
+    assert_eq!(err.reason(), "TOO_MANY_LEASES");
+    assert!(err.to_string().contains("client \"a\""), "{err}");
+    assert!(err.to_string().contains("--max-leases-per-client"), "{err}");
+    // A refused acquire leaves nothing behind: r/3 is unknown, not busy.
+    assert_eq!(
+        core.describe(&ResourceName::parse("r/3").unwrap())
+            .await
+            .unwrap()
+            .waiters,
+        0
+    );
+
+    // The server-wide cap: a, a (queued), b, then c; d is refused.
+    let _c3 = core.acquire(on("c", "r/3", LONG)).await.unwrap();
+    let err = core.acquire(on("d", "r/4", LONG)).await.unwrap_err();
+    assert_eq!(err.reason(), "TOO_MANY_LEASES");
+    assert!(err.to_string().contains("the server"), "{err}");
+
+    // Waits that end without a lease, and leases that end, give their claims back.
+    queued.abort();
+    let _ = queued.await;
+    let a3 = core.acquire(on("a", "r/5", LONG)).await.unwrap();
+    let err = core.acquire(on("a", "r/6", LONG)).await.unwrap_err();
+    assert_eq!(err.reason(), "TOO_MANY_LEASES");
+    core.release(&a3.lease.resource, &a3.lease.lease_id)
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await; // a1 and b2 (TTL 1 s) expire
+    assert!(core.renew(None, &a1.lease.lease_id).is_err());
+    assert!(core.renew(None, &b2.lease.lease_id).is_err());
+    let _a = core.acquire(on("a", "r/6", LONG)).await.unwrap();
+    let _a = core.acquire(on("a", "r/7", LONG)).await.unwrap();
+    let _d = core.acquire(on("d", "r/8", LONG)).await.unwrap();
+}
+
+#[test]
+fn tombstones_remember_a_bounded_number_of_append_results_in_all() {
+    let claims = claims::Claims::new(usize::MAX, usize::MAX);
+    let mut st = state::State::default();
+    let mut fx = state::Effects::default();
+    let done = Appended {
+        first_seq: 1,
+        last_seq: 1,
+        head: Head::EMPTY,
+    };
+    let now = tokio::time::Instant::now();
+    // Each lease ends remembering 64 results: without the bound all of them would be kept.
+    let leases = state::TOMBSTONE_APPENDS / 64 + 10;
+    let mut ids = Vec::new();
+    for i in 0..leases {
+        let (key, id) = table::LeaseKey::mint();
+        let appends = (0..64).map(|n| (format!("req-{i}-{n}"), done)).collect();
+        st.leases.insert(
+            key,
+            state::LeaseRec {
+                id: id.clone(),
+                resource: name(),
+                token: 1,
+                owner: Arc::new(args("a", LONG).owner),
+                ttl: LONG,
+                deadline: now + LONG,
+                idempotency_key: None,
+                appends,
+                loss: Vec::new(),
+                _claim: claims.take("a").unwrap(),
+            },
+        );
+        st.end_lease(&id, EndReason::Released, &mut fx);
+        ids.push(id);
+    }
+    let kept: usize = st.ended.values().map(|e| e.appends.len()).sum();
+    assert!(kept <= state::TOMBSTONE_APPENDS, "{kept} results kept");
+    let newest = ids.last().unwrap();
+    let last = leases - 1;
+    assert!(st.remembered(newest, &format!("req-{last}-63")).is_some());
+    assert!(
+        st.remembered(&ids[0], "req-0-63").is_none(),
+        "the oldest went first"
+    );
+    assert_eq!(st.ended_error(&ids[0]).reason(), "LEASE_NOT_FOUND");
+    // A result remembered on a tombstone later (a batch ordered as its lease ended) counts too.
+    st.remember_append(newest, "late".into(), done);
+    assert!(st.remembered(newest, "late").is_some());
+    let kept: usize = st.ended.values().map(|e| e.appends.len()).sum();
+    assert!(kept <= state::TOMBSTONE_APPENDS, "{kept} results kept");
+}
