@@ -108,7 +108,8 @@ pub enum Error {
         /// Entries the read returned.
         received: u64,
     },
-    /// Anything else: storage failures, corrupt metadata, unexpected codes.
+    /// Anything else: storage failures, corrupt metadata, the server's lease limits
+    /// (`TOO_MANY_LEASES`, not retried), unexpected codes.
     #[error("{}: {message}", reason.as_deref().unwrap_or_else(|| code_name(*code)))]
     Other {
         /// The gRPC status code.

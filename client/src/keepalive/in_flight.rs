@@ -4,6 +4,8 @@ use std::collections::VecDeque;
 
 use tokio::time::Instant;
 
+use super::task::MAX_IN_FLIGHT;
+
 /// Renewals awaiting their reply, oldest first, with the instant each was sent.
 ///
 /// The server answers requests in order, and in between pushes `alive = false` statuses for
@@ -20,8 +22,10 @@ impl InFlight {
         self.sent.push_back((at, lease_ids));
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.sent.len()
+    /// Whether a round of `messages` may be sent now: at most [`MAX_IN_FLIGHT`] messages go
+    /// unanswered, except that a larger round may go alone, so that no lease is ever left out.
+    pub(super) fn room_for(&self, messages: usize) -> bool {
+        self.sent.is_empty() || self.sent.len() + messages <= MAX_IN_FLIGHT
     }
 
     /// The send time of the request this reply answers, if it answers the oldest one.
@@ -53,6 +57,6 @@ mod tests {
         assert_eq!(in_flight.answered(&["a", "b"]), Some(t0));
         assert_eq!(in_flight.answered(&["a", "b"]), Some(t1));
         assert_eq!(in_flight.answered(&["a", "b"]), None);
-        assert_eq!(in_flight.len(), 0);
+        assert!(in_flight.sent.is_empty());
     }
 }

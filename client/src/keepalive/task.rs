@@ -21,8 +21,9 @@ use crate::Error;
 use crate::health::{LeaseHealth, LeaseSignal, LossReason};
 use crate::retry::Backoff;
 
-/// Renewal rounds sent and not yet answered, at most; a stalled stream skips ticks beyond this.
-const MAX_IN_FLIGHT: usize = 16;
+/// Renewal messages sent and not yet answered, at most (a round larger than this is sent alone);
+/// a stalled stream skips ticks beyond it.
+pub(super) const MAX_IN_FLIGHT: usize = 16;
 /// The shortest renewal period, for leases with a tiny TTL.
 const MIN_PERIOD: Duration = Duration::from_millis(10);
 /// How long opening the stream may take before it is tried again.
@@ -44,7 +45,7 @@ impl Tracked {
 }
 
 struct Open {
-    /// Unbounded: [`send_round`] bounds what is queued by the rounds in flight.
+    /// Unbounded: [`InFlight::room_for`] bounds what is queued.
     requests: mpsc::UnboundedSender<KeepAliveRequest>,
     replies: tonic::Streaming<KeepAliveResponse>,
     in_flight: InFlight,
@@ -143,6 +144,9 @@ impl Task {
         let Some(open) = self.stream.as_mut() else {
             return;
         };
+        if !open.in_flight.room_for(messages(self.leases.len())) {
+            return;
+        }
         let mut lease_ids: Vec<String> = self.leases.keys().cloned().collect();
         lease_ids.sort_unstable();
         if send_round(&open.requests, &mut open.in_flight, &lease_ids, now).is_err() {
@@ -264,17 +268,21 @@ impl Task {
     }
 }
 
+/// Messages a round naming `leases` leases takes.
+fn messages(leases: usize) -> usize {
+    leases.div_ceil(proto::MAX_KEEPALIVE_IDS).max(1)
+}
+
 /// Sends one renewal round naming `lease_ids`, in messages of at most the server's limit of ids
-/// each, unless [`MAX_IN_FLIGHT`] rounds are unanswered. A round is sent whole or not at all, so
-/// that every lease is renewed however many messages it takes. `Err` when the stream is gone.
+/// each, if [`InFlight::room_for`] it. A round is sent whole or not at all, so that every lease is
+/// renewed however many messages it takes. `Err` when the stream is gone.
 fn send_round(
     requests: &mpsc::UnboundedSender<KeepAliveRequest>,
     in_flight: &mut InFlight,
     lease_ids: &[String],
     now: Instant,
 ) -> Result<(), mpsc::error::SendError<KeepAliveRequest>> {
-    let messages = lease_ids.len().div_ceil(proto::MAX_KEEPALIVE_IDS).max(1);
-    if in_flight.len() >= MAX_IN_FLIGHT * messages {
+    if !in_flight.room_for(messages(lease_ids.len())) {
         return Ok(());
     }
     for chunk in lease_ids.chunks(proto::MAX_KEEPALIVE_IDS) {
@@ -371,39 +379,55 @@ mod tests {
         assert!(task.leases.is_empty());
     }
 
+    /// Sends a round and returns the ids it named, in order.
+    fn round(
+        requests: &mpsc::UnboundedSender<KeepAliveRequest>,
+        outbound: &mut mpsc::UnboundedReceiver<KeepAliveRequest>,
+        in_flight: &mut InFlight,
+        ids: &[String],
+    ) -> Vec<String> {
+        send_round(requests, in_flight, ids, Instant::now()).unwrap();
+        std::iter::from_fn(|| outbound.try_recv().ok())
+            .flat_map(|request| {
+                assert!(request.lease_ids.len() <= proto::MAX_KEEPALIVE_IDS);
+                request.lease_ids
+            })
+            .collect()
+    }
+
+    fn answer_all(in_flight: &mut InFlight, ids: &[String]) {
+        for chunk in ids.chunks(proto::MAX_KEEPALIVE_IDS) {
+            let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            assert!(in_flight.answered(&names).is_some());
+        }
+    }
+
     #[test]
     fn every_lease_is_in_every_round_however_many_messages_it_takes() {
         let (requests, mut outbound) = mpsc::unbounded_channel();
         let mut in_flight = InFlight::default();
-        // More messages per round than rounds in flight: the tail of the set used to be cut off
-        // once the request channel (sized in messages) filled.
+        // More messages in one round than may be in flight: the tail of the set used to be cut
+        // off, the same leases every time, once the request channel (sized in messages) filled.
         let count = (MAX_IN_FLIGHT + 1) * proto::MAX_KEEPALIVE_IDS + 1;
         let ids: Vec<String> = (0..count).map(|i| format!("l{i:07}")).collect();
-        let now = Instant::now();
-        for _ in 0..MAX_IN_FLIGHT {
-            send_round(&requests, &mut in_flight, &ids, now).unwrap();
-            let mut named = Vec::new();
-            while let Ok(request) = outbound.try_recv() {
-                assert!(request.lease_ids.len() <= proto::MAX_KEEPALIVE_IDS);
-                named.extend(request.lease_ids);
-            }
+        for _ in 0..3 {
+            let named = round(&requests, &mut outbound, &mut in_flight, &ids);
             assert_eq!(named, ids, "a round names every lease once");
+            // Unanswered, it goes alone: the next tick sends nothing.
+            assert!(round(&requests, &mut outbound, &mut in_flight, &ids).is_empty());
+            answer_all(&mut in_flight, &ids);
         }
-        // Unanswered rounds at the limit: the next tick sends nothing.
-        send_round(&requests, &mut in_flight, &ids, now).unwrap();
-        assert!(outbound.try_recv().is_err());
-        // Replies to the first round's messages make room for one more round.
-        for chunk in ids.chunks(proto::MAX_KEEPALIVE_IDS) {
-            let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            assert_eq!(in_flight.answered(&names), Some(now));
+        // Small rounds: at most MAX_IN_FLIGHT messages unanswered, as before.
+        let small = &ids[..2];
+        for _ in 0..MAX_IN_FLIGHT {
+            assert_eq!(
+                round(&requests, &mut outbound, &mut in_flight, small),
+                small
+            );
         }
-        send_round(&requests, &mut in_flight, &ids, now).unwrap();
-        assert_eq!(
-            std::iter::from_fn(|| outbound.try_recv().ok()).count(),
-            ids.len().div_ceil(proto::MAX_KEEPALIVE_IDS)
-        );
+        assert!(round(&requests, &mut outbound, &mut in_flight, small).is_empty());
         drop(outbound);
         let mut fresh = InFlight::default();
-        assert!(send_round(&requests, &mut fresh, &ids, now).is_err());
+        assert!(send_round(&requests, &mut fresh, small, Instant::now()).is_err());
     }
 }

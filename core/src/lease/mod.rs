@@ -142,12 +142,18 @@ impl Core {
             if let Some(grant) = existing_grant(&mut st, &args)? {
                 return Ok(grant);
             }
-            let claim = self.inner.claims.take(&args.owner.client_id)?;
             let res = st.resources.entry(resource.clone()).or_default();
             if args.wait.is_zero() && (!matches!(res.holder, Holder::Free) || !res.queue.is_empty())
             {
                 return Err(busy(&st, &resource, Duration::ZERO));
             }
+            let claim = match self.inner.claims.take(&args.owner.client_id) {
+                Ok(claim) => claim,
+                Err(e) => {
+                    st.forget_if_idle(&resource);
+                    return Err(e);
+                }
+            };
             let (tx, rx) = oneshot::channel();
             st.next_waiter += 1;
             let id = st.next_waiter;

@@ -139,8 +139,9 @@ pub(super) struct State {
     pub leases: Leases,
     pub ended: HashMap<Arc<str>, Ended>,
     ended_order: VecDeque<Arc<str>>,
-    /// Append results remembered on tombstones, in all (at most [`TOMBSTONE_APPENDS`], give or
-    /// take one lease's).
+    /// Append results remembered on tombstones, in all: at most [`TOMBSTONE_APPENDS`] once a
+    /// lease has ended; results remembered on a tombstone later (a batch ordered as its lease
+    /// ended) may pass it until the next lease ends.
     ended_appends: usize,
     pub deadlines: Deadlines,
     pub idempotency: HashMap<(String, String), Arc<str>>,
@@ -210,7 +211,7 @@ impl State {
             }
         }
         self.ended_appends += rec.appends.len();
-        self.ended.insert(
+        let earlier = self.ended.insert(
             id.clone(),
             Ended {
                 reason,
@@ -218,6 +219,7 @@ impl State {
                 appends: rec.appends,
             },
         );
+        debug_assert!(earlier.is_none(), "a lease ends once");
         self.ended_order.push_back(id.clone());
         self.trim_tombstones();
         for tx in &rec.loss {
@@ -322,8 +324,8 @@ impl State {
         } else if let Some(ended) = self.ended.get_mut(id)
             && remember(&mut ended.appends, request_id, result)
         {
+            // Not trimmed here: that could forget this very tombstone, and the result with it.
             self.ended_appends += 1;
-            self.trim_tombstones();
         }
     }
 

@@ -798,6 +798,12 @@ async fn leases_held_and_waited_for_are_capped_per_client_and_in_all() {
     assert_eq!(err.reason(), "TOO_MANY_LEASES");
     assert!(err.to_string().contains("client \"a\""), "{err}");
     assert!(err.to_string().contains("--max-leases-per-client"), "{err}");
+    // Trying a busy resource once is still told it is busy.
+    let err = core
+        .acquire(on("a", "r/2", Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "WAIT_TIMEOUT");
     // A refused acquire leaves nothing behind: r/3 is unknown, not busy.
     assert_eq!(
         core.describe(&ResourceName::parse("r/3").unwrap())
