@@ -174,6 +174,10 @@ fn an_unreachable_server_exits_1_with_one_error_line() {
     let out = ctl(&endpoint, ["describe", "cli/nowhere.jsonl"], None);
     assert_ctl_error(&out, EXIT_FAILURE, "");
     assert!(out.stdout.is_empty(), "nothing on stdout");
+    // The health probe says so too, within its timeout.
+    let out = ctl(&endpoint, ["health", "--timeout", "2s"], None);
+    assert_ctl_error(&out, EXIT_FAILURE, "UNAVAILABLE");
+    assert!(out.stdout.is_empty(), "nothing on stdout");
 }
 
 #[test]

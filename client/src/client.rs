@@ -40,6 +40,8 @@ const MAX_DECODING_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct Client {
     pub(crate) rpc: FencepostClient<Channel>,
+    /// The connection, for services other than fencepost's own (health).
+    channel: Channel,
     pub(crate) owner: Owner,
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) retry: RetryPolicy,
@@ -110,7 +112,9 @@ impl Client {
         retry: RetryPolicy,
     ) -> Self {
         Self {
-            rpc: FencepostClient::new(channel).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            rpc: FencepostClient::new(channel.clone())
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            channel,
             owner,
             request_timeout,
             retry,
@@ -298,5 +302,38 @@ impl Client {
             })
             .await?;
         Ok(reply.leases)
+    }
+
+    /// Whether the server serves the fencepost API now, by the standard gRPC health check of
+    /// `fencepost.v1.Fencepost`: false while it drains for a shutdown. One attempt, bounded by the
+    /// request timeout if one is set: a probe reports the present, it does not wait for recovery.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the server cannot be reached.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: fencepost_client::Client) -> Result<(), fencepost_client::Error> {
+    /// if !client.serving().await? {
+    ///     eprintln!("fencepost is shutting down");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn serving(&self) -> Result<bool, Error> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+        let mut health = HealthClient::new(self.channel.clone());
+        let check = health.check(HealthCheckRequest {
+            service: proto::v1::fencepost_server::SERVICE_NAME.to_owned(),
+        });
+        let reply = match self.request_timeout {
+            Some(after) => tokio::time::timeout(after, check)
+                .await
+                .map_err(|_elapsed| Error::RequestTimeout { after })?,
+            None => check.await,
+        }?;
+        Ok(reply.into_inner().status == ServingStatus::Serving as i32)
     }
 }

@@ -62,6 +62,8 @@ pub struct ServerOpts {
     args: Vec<String>,
     /// `FAILPOINTS` for the next start only (the test build of the server honours it).
     failpoints: Option<String>,
+    /// Environment variables (the harness's `--listen` and `--data-dir` flags win over theirs).
+    env: Vec<(String, String)>,
 }
 
 impl ServerOpts {
@@ -80,6 +82,12 @@ impl ServerOpts {
     /// Start with these failpoints armed (e.g. `wal-synced=3*off->return`); a restart clears them.
     pub fn failpoints(mut self, spec: &str) -> Self {
         self.failpoints = Some(spec.to_owned());
+        self
+    }
+
+    /// Environment variables for the server, e.g. `FENCEPOST_*` settings.
+    pub fn envs(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env.extend(vars);
         self
     }
 
@@ -141,6 +149,7 @@ impl Server {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.opts.args)
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .envs(self.opts.failpoints.take().map(|f| ("FAILPOINTS", f)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

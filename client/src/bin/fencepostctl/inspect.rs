@@ -1,4 +1,6 @@
-//! The read-only commands: read, describe, list, watch.
+//! The read-only commands: read, describe, list, watch, health.
+
+use std::time::Duration;
 
 use clap::{ArgGroup, Args};
 use fencepost_client::{OwnerKind, ReadOptions, WatchTarget};
@@ -6,7 +8,7 @@ use tokio_stream::StreamExt;
 
 use crate::Connection;
 use crate::exit::Failure;
-use crate::output::{DescribeView, EntryView, LeaseView, WatchView, emit};
+use crate::output::{DescribeView, EntryView, HealthView, LeaseView, WatchView, emit};
 use crate::signals::Interrupt;
 
 #[derive(Debug, Args)]
@@ -99,5 +101,44 @@ pub async fn watch(conn: &Connection, args: WatchArgs) -> Result<(), Failure> {
                 }
             },
         }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Give up after this long, connecting included.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::parse_duration)]
+    timeout: Duration,
+}
+
+/// Prints `{"status":"serving"}` and succeeds while the server serves the fencepost API; a
+/// draining server prints `not_serving` and fails (for health probes).
+pub async fn health(conn: &Connection, args: HealthArgs) -> Result<(), Failure> {
+    let probe = async {
+        let client = conn.client(None, OwnerKind::Cli).await?;
+        Ok::<_, Failure>(client.serving().await?)
+    };
+    let serving = tokio::time::timeout(args.timeout, probe)
+        .await
+        .map_err(|_elapsed| {
+            Failure::other(
+                "UNAVAILABLE",
+                &format!(
+                    "no answer from {} within {}",
+                    conn.endpoint,
+                    humantime::format_duration(args.timeout)
+                ),
+            )
+        })??;
+    emit(&HealthView {
+        status: if serving { "serving" } else { "not_serving" },
+    })?;
+    if serving {
+        Ok(())
+    } else {
+        Err(Failure::other(
+            "NOT_SERVING",
+            "the server is draining for a shutdown",
+        ))
     }
 }

@@ -78,6 +78,8 @@ enum Command {
     List(inspect::ListArgs),
     /// Print lease and append events for a resource or prefix until interrupted.
     Watch(inspect::WatchArgs),
+    /// Check that the server serves the fencepost API (gRPC health); exits 1 if it does not.
+    Health(inspect::HealthArgs),
     /// Hold a lease while CMD runs (kept alive; FENCEPOST_ENDPOINT, FENCEPOST_RESOURCE,
     /// FENCEPOST_LEASE_ID and FENCEPOST_TOKEN in its environment), release it after, and exit
     /// with CMD's code. If the lease is lost, CMD's process group gets SIGTERM at once, SIGKILL
@@ -155,6 +157,7 @@ async fn main() -> ExitCode {
         Command::Describe(args) => inspect::describe(&conn, args).await,
         Command::List(args) => inspect::list(&conn, args).await,
         Command::Watch(args) => inspect::watch(&conn, args).await,
+        Command::Health(args) => inspect::health(&conn, args).await,
         Command::Run(args) => return run::run(&conn, args).await,
     };
     match result {
