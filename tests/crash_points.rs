@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::ctl::ctl;
 use common::rpc::*;
 use common::*;
 use fencepost::v1::{AppendRequest, Entry};
@@ -224,7 +225,10 @@ async fn injected_write_and_fsync_errors_are_never_acknowledged() {
         // The store stays stopped: nothing after a failed write is acknowledged.
         let after = append(&mut c, &lease, &[r#"{"n":4}"#]).await;
         assert_rejected(after, Code::Internal, "STORAGE_FAILED");
+        // Health says so, so that a probe restarts the server; the restart recovers.
+        wait_for_health(&server, "not_serving").await;
         server.restart();
+        wait_for_health(&server, "serving").await;
         let mut c = server.grpc().await;
         let data: Vec<Vec<u8>> = read_all(&mut c, &r)
             .await
@@ -300,4 +304,23 @@ async fn canary_with_recovery_switched_off_the_crash_check_fails() {
         blocked.contains("EXTERNAL_MODIFICATION"),
         "the canary must trip the check: {blocked:?}"
     );
+}
+
+/// Polls `fencepostctl health` until it prints `status` (the server looks at its store every
+/// second), bounded by [`WAIT`].
+async fn wait_for_health(server: &Server, status: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = ctl(server.endpoint(), ["health"], None);
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        if printed.contains(&format!("\"status\":\"{status}\"")) {
+            assert_eq!(out.status.success(), status == "serving", "{out:?}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health never became {status}: {out:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -77,6 +77,7 @@ pub async fn serve(
     health_reporter
         .set_serving::<FencepostServer<Service>>()
         .await;
+    let store_watch = tokio::spawn(report_store_failure(core.clone(), health_reporter.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -131,7 +132,30 @@ pub async fn serve(
             result
         }
     };
+    store_watch.abort();
     core.shutdown().await;
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// How often health looks at whether the store still accepts writes.
+const STORE_CHECK: Duration = Duration::from_secs(1);
+
+/// Turns the API's health to NOT_SERVING once the store stops accepting writes (a failed write,
+/// fsync or checkpoint), so that a probe (`fencepostctl health`, a container runtime, systemd)
+/// restarts the server, whose start recovers from the write-ahead log. Reads keep working
+/// meanwhile.
+async fn report_store_failure(core: Core, health: tonic_health::server::HealthReporter) {
+    let mut tick = tokio::time::interval(STORE_CHECK);
+    loop {
+        tick.tick().await;
+        if let Some(detail) = core.store_failure() {
+            tracing::error!(
+                %detail,
+                "the store stopped accepting writes; health reports NOT_SERVING until a restart recovers it"
+            );
+            health.set_not_serving::<FencepostServer<Service>>().await;
+            return;
+        }
+    }
 }

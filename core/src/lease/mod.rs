@@ -107,6 +107,12 @@ impl Core {
         Self { inner }
     }
 
+    /// Why the store stopped accepting writes, once it has (see [`Store::failure`]).
+    #[must_use]
+    pub fn store_failure(&self) -> Option<String> {
+        self.inner.store.failure()
+    }
+
     /// The limits in force.
     #[must_use]
     pub fn limits(&self) -> &Limits {

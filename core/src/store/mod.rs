@@ -77,6 +77,12 @@ pub trait Store: Send + Sync + 'static {
     /// A storage error listing them.
     async fn resources(&self) -> Result<Vec<ResourceName>, CoreError>;
 
+    /// Why the store stopped accepting writes (a failed write, fsync or checkpoint), once it has;
+    /// `None` while writes work. A restart recovers from the write-ahead log.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
     /// Makes everything written so far durable and stops background work (clean shutdown).
     async fn close(&self);
 }

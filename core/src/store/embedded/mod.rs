@@ -38,6 +38,8 @@ pub struct EmbeddedStore {
     _lock: File,
     tokens: Tokens,
     wal: Sender<Msg>,
+    /// Why writes stopped, once a write, fsync or checkpoint failed.
+    stopped: wal::Stopped,
     // std Mutex: map look-ups only, never held across an await or I/O.
     logs: Mutex<LogCache>,
     /// Loads are single-flight, so two instances of one resource's log never coexist.
@@ -114,12 +116,13 @@ impl EmbeddedStore {
         })?;
         paths::sync_dir(&meta)?;
         paths::sync_dir(&root)?;
-        let wal = wal::spawn(wal, meta, replayed.generation)?;
+        let (wal, stopped) = wal::spawn(wal, meta, replayed.generation)?;
         Ok(Self {
             root,
             _lock: lock,
             tokens,
             wal,
+            stopped,
             logs: Mutex::new(LogCache::default()),
             loading: tokio::sync::Mutex::new(()),
             fds: Arc::new(fds::FdBudget::from_rlimit()),
@@ -281,6 +284,10 @@ impl Store for EmbeddedStore {
             resource: "*".into(),
             detail: e.to_string(),
         })
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.stopped.detail()
     }
 
     async fn close(&self) {

@@ -114,10 +114,13 @@ pub enum Msg {
 /// Starts a new generation on the WAL file (after replay of the old one: `generation` is the one
 /// just replayed), durably, then the writer and applier threads.
 ///
+/// Returns the writer's inbox and a view of why writes stopped, if they did.
+///
 /// # Errors
 /// The header could not be written and synced, or a thread could not be started.
-pub fn spawn(wal: File, wal_dir: PathBuf, generation: u64) -> io::Result<Sender<Msg>> {
+pub fn spawn(wal: File, wal_dir: PathBuf, generation: u64) -> io::Result<(Sender<Msg>, Stopped)> {
     let stop = Arc::new(Stop::default());
+    let stopped = Stopped(stop.clone());
     let applied = Arc::new(AtomicU64::new(0));
     let applier = apply::spawn(stop.clone(), applied.clone())?;
     let mut writer = writer::Writer::new(wal, wal_dir, generation, stop, applied, applier)?;
@@ -126,7 +129,18 @@ pub fn spawn(wal: File, wal_dir: PathBuf, generation: u64) -> io::Result<Sender<
     std::thread::Builder::new()
         .name("fencepost-wal".into())
         .spawn(move || writer.run(&rx))?;
-    Ok(tx)
+    Ok((tx, stopped))
+}
+
+/// Why the store stopped accepting writes, read from outside the WAL's threads.
+#[derive(Debug, Clone)]
+pub struct Stopped(Arc<Stop>);
+
+impl Stopped {
+    /// The first failure that stopped writes; `None` while writes work.
+    pub fn detail(&self) -> Option<String> {
+        self.0.detail()
+    }
 }
 
 /// Why the store stopped accepting writes, once a write, fsync or checkpoint failed. Shared by the
