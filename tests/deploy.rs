@@ -90,9 +90,14 @@ fn the_unit_image_and_manifest_name_only_settings_that_exist() {
 
 #[test]
 fn a_server_started_with_the_sample_settings_serves() {
-    // The harness's --listen and --data-dir flags move the socket and the data into a temp dir;
-    // every other sample setting applies as written.
-    let server = Server::start(ServerOpts::default().unix().envs(sample_settings()));
+    // The harness's --listen and --data-dir flags move the socket and the data into a temp dir,
+    // and a flag moves metrics to a free port; every other sample setting applies as written.
+    let server = Server::start(
+        ServerOpts::default()
+            .unix()
+            .envs(sample_settings())
+            .arg("--metrics-listen", "127.0.0.1:0"),
+    );
     let endpoint = server.endpoint();
     let health = ctl(endpoint, ["health"], None);
     assert_eq!(ctl_object(&health)["status"], "serving");
@@ -100,4 +105,9 @@ fn a_server_started_with_the_sample_settings_serves() {
     let appended = ctl_append(endpoint, &lease, lease.token, b"{\"n\":1}\n");
     assert!(appended.status.success(), "{appended:?}");
     assert_eq!(server.file_bytes("deploy/s.jsonl"), b"{\"n\":1}\n");
+    assert!(
+        server
+            .metrics()
+            .contains("fencepost_appended_batches_total 1\n")
+    );
 }

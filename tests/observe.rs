@@ -147,3 +147,75 @@ async fn listing_returns_live_leases_under_a_prefix_ordered_by_resource() {
     release(&mut c, &la).await;
     assert_eq!(list(&mut c, "l/").await, [pair(&lb)]);
 }
+
+/// The value of the sample `name` (with its labels, if any) in a metrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_grants_appends_refusals_and_outside_changes() {
+    const R: &str = "metrics/a.jsonl";
+    let server = Server::start(
+        ServerOpts::default()
+            .arg("--metrics-listen", "127.0.0.1:0")
+            .arg("--scan-interval", "100ms"),
+    );
+    let before = server.metrics();
+    for (name, value) in [
+        ("fencepost_grants_total", 0.0),
+        ("fencepost_leases", 0.0),
+        ("fencepost_waiters", 0.0),
+        ("fencepost_store_stopped", 0.0),
+        ("fencepost_lease_ends_total{how=\"expired\"}", 0.0),
+    ] {
+        assert_eq!(sample(&before, name), Some(value), "{name} in {before}");
+    }
+
+    let mut c = server.grpc().await;
+    let lease = acquire(&mut c, R, 30_000).await;
+    append(&mut c, &lease, &[r#"{"n":1}"#, r#"{"n":2}"#])
+        .await
+        .expect("append");
+    let refused = append(&mut c, &lease, &["not json"]).await;
+    assert_rejected(refused, tonic::Code::InvalidArgument, "INVALID_ENTRY");
+    let now = server.metrics();
+    for (name, value) in [
+        ("fencepost_grants_total", 1.0),
+        ("fencepost_leases", 1.0),
+        ("fencepost_appended_batches_total", 1.0),
+        ("fencepost_appended_entries_total", 2.0),
+        (
+            "fencepost_refused_calls_total{reason=\"INVALID_ENTRY\"}",
+            1.0,
+        ),
+        ("fencepost_external_modifications_total", 0.0),
+    ] {
+        assert_eq!(sample(&now, name), Some(value), "{name} in {now}");
+    }
+
+    // A line written behind the server's back: the periodic scan finds it.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(server.file(R))
+        .expect("open the session file");
+    std::io::Write::write_all(&mut file, b"{\"intruder\":1}\n").expect("write");
+    let deadline = std::time::Instant::now() + WAIT;
+    while sample(&server.metrics(), "fencepost_external_modifications_total") != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outside change was never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    release(&mut c, &lease).await;
+    let after = server.metrics();
+    assert_eq!(
+        sample(&after, "fencepost_lease_ends_total{how=\"released\"}"),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(sample(&after, "fencepost_leases"), Some(0.0), "{after}");
+}

@@ -73,6 +73,11 @@ pub struct Config {
     #[arg(long, env = "FENCEPOST_PING_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub ping_timeout: Duration,
 
+    /// Serve metrics (Prometheus/OpenMetrics text, `GET /metrics`) on this TCP `host:port`
+    /// (port 0 picks one; the readiness line names it). Off unless given.
+    #[arg(long, env = "FENCEPOST_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
     /// Log format on stderr.
     #[arg(long, env = "FENCEPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

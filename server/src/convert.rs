@@ -30,6 +30,7 @@ pub fn status(err: &CoreError) -> Status {
         CoreError::ShuttingDown => Code::Unavailable,
         _ => Code::Internal,
     };
+    crate::metrics::refused(err.reason());
     let metadata: std::collections::HashMap<String, String> = err
         .metadata()
         .into_iter()

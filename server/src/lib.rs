@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod metrics;
 pub mod service;
 
 use std::future::Future;

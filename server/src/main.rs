@@ -56,6 +56,14 @@ async fn run(config: Config) -> Result<(), String> {
     let addr = config.listen_addr()?;
     // Refuse a busy address before opening (and so creating) the data dir.
     let (listener, shown) = bind(&addr).await?;
+    let metrics = match &config.metrics_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot serve metrics on {a}: {e}"))?,
+        ),
+        None => None,
+    };
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir))
         .await
@@ -76,11 +84,23 @@ async fn run(config: Config) -> Result<(), String> {
         "store open"
     );
     let core = Core::new(Arc::new(store), limits);
-    // The readiness signal: one JSON line on stdout once the socket is bound.
-    println!(
-        "{}",
-        serde_json::json!({"event": "listening", "addr": shown})
-    );
+    let mut ready = serde_json::json!({"event": "listening", "addr": shown});
+    if let Some(listener) = metrics {
+        let at = listener
+            .local_addr()
+            .map_err(|e| e.to_string())?
+            .to_string();
+        tracing::info!(addr = %at, "serving metrics at /metrics");
+        ready["metrics"] = at.into();
+        let registry = fencepost_server::metrics::registry(&core);
+        tokio::spawn(async move {
+            if let Err(e) = fencepost_server::metrics::serve(listener, registry).await {
+                tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
+    // The readiness signal: one JSON line on stdout once the sockets are bound.
+    println!("{ready}");
     tracing::info!(addr = %shown, "listening");
     let opts = ConnOpts {
         drain_timeout: config.drain_timeout,

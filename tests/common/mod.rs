@@ -102,6 +102,8 @@ impl ServerOpts {
 pub struct Server {
     child: Option<Child>,
     endpoint: String,
+    /// The metrics endpoint's `host:port`, when started with `--metrics-listen`.
+    metrics: Option<String>,
     data_dir: PathBuf,
     opts: ServerOpts,
     starts: u32,
@@ -123,6 +125,7 @@ impl Server {
         let mut server = Server {
             child: None,
             endpoint: String::new(),
+            metrics: None,
             data_dir,
             opts,
             starts: 0,
@@ -159,8 +162,14 @@ impl Server {
         let stderr = forward_lines(child.stderr.take().expect("stderr"), "fencepost");
         let lines = stdout_lines(child.stdout.take().expect("stdout"));
         match wait_for_listening(&lines) {
-            Ok(addr) if addr.starts_with("unix:") => self.endpoint = addr,
-            Ok(addr) => self.endpoint = format!("http://{addr}"),
+            Ok((addr, metrics)) => {
+                self.metrics = metrics;
+                self.endpoint = if addr.starts_with("unix:") {
+                    addr
+                } else {
+                    format!("http://{addr}")
+                };
+            }
             Err(why) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -174,6 +183,27 @@ impl Server {
         if self.opts.unix {
             assert_eq!(self.endpoint, listen, "the readiness line names the socket");
         }
+    }
+
+    /// The text `GET /metrics` returns (the server must run with `--metrics-listen`).
+    pub fn metrics(&self) -> String {
+        use std::io::Write;
+        let addr = self
+            .metrics
+            .as_deref()
+            .expect("started with --metrics-listen");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).expect("read the reply");
+        let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("application/openmetrics-text"), "{head}");
+        body.to_owned()
     }
 
     /// `http://127.0.0.1:PORT` or `unix:/path/to.sock`, as `fencepostctl --endpoint` takes it.
@@ -383,7 +413,8 @@ fn stdout_lines(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
-fn wait_for_listening(lines: &mpsc::Receiver<String>) -> Result<String, String> {
+/// The readiness line's `addr`, and its `metrics` address if any.
+fn wait_for_listening(lines: &mpsc::Receiver<String>) -> Result<(String, Option<String>), String> {
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -395,9 +426,10 @@ fn wait_for_listening(lines: &mpsc::Receiver<String>) -> Result<String, String> 
             continue;
         };
         if value["event"] == "listening" {
+            let metrics = value["metrics"].as_str().map(str::to_owned);
             return value["addr"]
                 .as_str()
-                .map(str::to_owned)
+                .map(|addr| (addr.to_owned(), metrics))
                 .ok_or_else(|| format!("readiness line without addr: {line}"));
         }
     }

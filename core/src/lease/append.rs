@@ -365,7 +365,7 @@ async fn append_fenced(
         );
         return Err(e);
     }
-    let _ = inner.events.send(Event {
+    inner.publish(Event {
         kind: EventKind::Appended,
         resource: args.resource,
         lease_id: Arc::from(args.lease_id.as_str()),

@@ -9,6 +9,7 @@ mod claims;
 mod deadlines;
 mod expiry;
 mod grant;
+mod metrics;
 mod scan;
 mod state;
 mod table;
@@ -51,6 +52,8 @@ struct Inner {
     claims: Claims,
     expiry: Notify,
     events: broadcast::Sender<Event>,
+    /// Counts what [`Inner::publish`] publishes.
+    counters: metrics::Counters,
 }
 
 impl Inner {
@@ -73,11 +76,16 @@ impl Inner {
         }
     }
 
+    /// Counts an event and publishes it to watchers (none watching is fine).
+    fn publish(&self, event: Event) {
+        self.counters.count(&event);
+        let _ = self.events.send(event);
+    }
+
     /// Carries out what a state change decided: publish events, start grants.
     fn apply(self: &Arc<Self>, fx: Effects) {
         for event in fx.events {
-            // No receivers is fine: nobody is watching.
-            let _ = self.events.send(event);
+            self.publish(event);
         }
         for (resource, waiter) in fx.grants {
             tokio::spawn(self.clone().grant(resource, waiter));
@@ -101,6 +109,7 @@ impl Core {
             state: Mutex::new(State::default()),
             expiry: Notify::new(),
             events: broadcast::channel(EVENT_BUFFER).0,
+            counters: metrics::Counters::default(),
         });
         tokio::spawn(expiry::run(inner.clone()));
         tokio::spawn(scan::run(inner.clone()));
@@ -111,6 +120,12 @@ impl Core {
     #[must_use]
     pub fn store_failure(&self) -> Option<String> {
         self.inner.store.failure()
+    }
+
+    /// Registers the core's metrics: counters of grants, lease ends, appends and outside changes
+    /// found, and gauges of leases, waiters and the store's state, read on each scrape.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        metrics::register(&self.inner, registry);
     }
 
     /// The limits in force.

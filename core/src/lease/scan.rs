@@ -102,7 +102,7 @@ fn check(
 
 /// Publishes a server-side event (no lease involved).
 pub(super) fn publish(inner: &Inner, name: &ResourceName, kind: EventKind) {
-    let _ = inner.events.send(Event {
+    inner.publish(Event {
         kind,
         resource: name.clone(),
         lease_id: Arc::from(""),

@@ -1,0 +1,130 @@
+//! Metrics of the lease core: counters of the events it publishes (grants, ends, appends, outside
+//! changes found), and gauges read from its state when scraped (leases, waiters, whether the store
+//! still accepts writes).
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::Inner;
+use super::types::{EndReason, Event, EventKind};
+
+/// A label set of one label.
+type Label = [(&'static str, &'static str); 1];
+
+/// Counters of published events.
+#[derive(Default)]
+pub(super) struct Counters {
+    grants: Counter,
+    ends: Family<Label, Counter>,
+    batches: Counter,
+    entries: Counter,
+    modified: Counter,
+    adopted: Counter,
+}
+
+impl Counters {
+    /// Counts one event about to be published.
+    pub fn count(&self, event: &Event) {
+        match &event.kind {
+            EventKind::Granted => {
+                self.grants.inc();
+            }
+            EventKind::Ended(reason) => {
+                self.ends.get_or_create(&[("how", reason.as_str())]).inc();
+            }
+            EventKind::Appended => {
+                self.batches.inc();
+                if let Some((first, last)) = event.seqs {
+                    self.entries.inc_by(last + 1 - first);
+                }
+            }
+            EventKind::ExternalModification(_) => {
+                self.modified.inc();
+            }
+            EventKind::Adopted(_) => {
+                self.adopted.inc();
+            }
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register("grants", "Leases granted", self.grants.clone());
+        // Every way a lease can end, at zero from the start.
+        for reason in [EndReason::Released, EndReason::Expired, EndReason::Forced] {
+            drop(self.ends.get_or_create(&[("how", reason.as_str())]));
+        }
+        registry.register(
+            "lease_ends",
+            "Leases ended, by how (released, expired, forced: force-released by an operator)",
+            self.ends.clone(),
+        );
+        registry.register(
+            "appended_batches",
+            "Batches appended (acknowledged: durable)",
+            self.batches.clone(),
+        );
+        registry.register(
+            "appended_entries",
+            "Entries (lines) appended in those batches",
+            self.entries.clone(),
+        );
+        registry.register(
+            "external_modifications",
+            "Session files found changed behind the server's back (each refuses appends until an \
+             operator adopts it; Describe names what changed)",
+            self.modified.clone(),
+        );
+        registry.register(
+            "adoptions",
+            "Session files an operator adopted",
+            self.adopted.clone(),
+        );
+    }
+}
+
+/// The gauges, read from the core's state on each scrape.
+struct Gauges(Arc<Inner>);
+
+impl std::fmt::Debug for Gauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gauges")
+    }
+}
+
+impl Collector for Gauges {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let (leases, waiters) = {
+            let st = self.0.lock();
+            let waiters: usize = st.resources.values().map(|r| r.queue.len()).sum();
+            (st.leases.iter().len(), waiters)
+        };
+        let stopped = usize::from(self.0.store.failure().is_some());
+        for (name, help, value) in [
+            ("leases", "Live leases.", leases),
+            ("waiters", "Acquire calls waiting in a queue.", waiters),
+            (
+                "store_stopped",
+                "1 once the store stopped accepting writes after a failed write, fsync or \
+                 checkpoint (health is NOT_SERVING; a restart recovers), else 0.",
+                stopped,
+            ),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// Registers the core's counters and gauges.
+pub(super) fn register(inner: &Arc<Inner>, registry: &mut Registry) {
+    inner.counters.register(registry);
+    registry.register_collector(Box::new(Gauges(Arc::clone(inner))));
+}
