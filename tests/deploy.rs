@@ -111,3 +111,66 @@ fn a_server_started_with_the_sample_settings_serves() {
             .contains("fencepost_appended_batches_total 1\n")
     );
 }
+
+#[tokio::test]
+async fn under_systemd_it_reports_ready_pets_the_watchdog_and_triggers_it_when_writes_stop() {
+    use std::os::unix::net::UnixDatagram;
+    // systemd's side of the protocol: a datagram socket named by NOTIFY_SOCKET.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    notify.set_read_timeout(Some(WAIT)).expect("timeout");
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = notify.recv(&mut buf).expect("a notification within WAIT");
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()
+    };
+    let server = Server::start(
+        ServerOpts::default()
+            .envs([
+                (
+                    "NOTIFY_SOCKET".to_owned(),
+                    notify_path.display().to_string(),
+                ),
+                ("WATCHDOG_USEC".to_owned(), "400000".to_owned()),
+            ])
+            // Every WAL fsync fails: the first append stops the store.
+            .failpoints("wal-sync=return(enospc)"),
+    );
+    assert_eq!(next(), "READY=1");
+    assert_eq!(next(), "WATCHDOG=1");
+    let mut c = server.grpc().await;
+    let lease = common::rpc::acquire(&mut c, "deploy/watchdog.jsonl", 30_000).await;
+    let failed = common::rpc::append(&mut c, &lease, &[r#"{"n":1}"#]).await;
+    common::rpc::assert_rejected(failed, tonic::Code::Internal, "STORAGE_FAILED");
+    let last = loop {
+        let message = next();
+        if message != "WATCHDOG=1" {
+            break message;
+        }
+    };
+    assert!(last.contains("WATCHDOG=trigger"), "{last:?}");
+    assert!(
+        last.contains("STATUS=the store stopped accepting writes"),
+        "{last:?}"
+    );
+    // The server as a whole is NOT_SERVING too, for probes that ask about no service in particular.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(server.endpoint().to_owned())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let overall = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(
+        overall.status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+}

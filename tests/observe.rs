@@ -202,13 +202,20 @@ async fn metrics_count_grants_appends_refusals_and_outside_changes() {
         .expect("open the session file");
     std::io::Write::write_all(&mut file, b"{\"intruder\":1}\n").expect("write");
     let deadline = std::time::Instant::now() + WAIT;
-    while sample(&server.metrics(), "fencepost_external_modifications_total") != Some(1.0) {
+    while sample(&server.metrics(), "fencepost_blocked_files") != Some(1.0) {
         assert!(
             std::time::Instant::now() < deadline,
             "the outside change was never counted"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+
+    let found = server.metrics();
+    assert_eq!(
+        sample(&found, "fencepost_external_modifications_total"),
+        Some(1.0),
+        "{found}"
+    );
 
     release(&mut c, &lease).await;
     let after = server.metrics();

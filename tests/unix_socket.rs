@@ -21,6 +21,15 @@ async fn the_core_flow_works_over_a_unix_socket_with_the_raw_client() {
         "{}",
         server.endpoint()
     );
+    // Owner and group may connect, others not, whatever the umask.
+    let path = server
+        .endpoint()
+        .strip_prefix("unix:")
+        .expect("a socket path");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(path).expect("the socket").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o660, "{mode:o}");
     let mut c = server.grpc().await;
 
     let lease = acquire(&mut c, R, 30_000).await;

@@ -305,7 +305,8 @@ impl Client {
     }
 
     /// Whether the server serves the fencepost API now, by the standard gRPC health check of
-    /// `fencepost.v1.Fencepost`: false while it drains for a shutdown. One attempt, bounded by the
+    /// `fencepost.v1.Fencepost`: false while it drains for a shutdown, and once its store stopped
+    /// accepting writes after a failed write or fsync (a restart recovers). One attempt, bounded by the
     /// request timeout if one is set: a probe reports the present, it does not wait for recovery.
     ///
     /// # Errors

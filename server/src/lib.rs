@@ -78,11 +78,11 @@ pub async fn serve(
     health_reporter
         .set_serving::<FencepostServer<Service>>()
         .await;
-    let store_watch = tokio::spawn(report_store_failure(core.clone(), health_reporter.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let store_watch = tokio::spawn(watch_store(core.clone(), health_reporter.clone()));
 
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let stopping = {
@@ -91,9 +91,8 @@ pub async fn serve(
             shutdown.await;
             tracing::info!("shutting down: refusing new leases, draining in-flight calls");
             core.stop();
-            health_reporter
-                .set_not_serving::<FencepostServer<Service>>()
-                .await;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            not_serving(&health_reporter).await;
             streams_done.cancel();
             let _ = stopped_tx.send(());
         }
@@ -139,24 +138,46 @@ pub async fn serve(
     Ok(result?)
 }
 
-/// How often health looks at whether the store still accepts writes.
+/// How often the store is looked at (and, under a systemd watchdog, at least twice per period).
 const STORE_CHECK: Duration = Duration::from_secs(1);
 
-/// Turns the API's health to NOT_SERVING once the store stops accepting writes (a failed write,
-/// fsync or checkpoint), so that a probe (`fencepostctl health`, a container runtime, systemd)
-/// restarts the server, whose start recovers from the write-ahead log. Reads keep working
-/// meanwhile.
-async fn report_store_failure(core: Core, health: tonic_health::server::HealthReporter) {
-    let mut tick = tokio::time::interval(STORE_CHECK);
+/// Marks the API, and the server as a whole (the empty service name that probes ask by
+/// default), NOT_SERVING.
+async fn not_serving(health: &tonic_health::server::HealthReporter) {
+    health.set_not_serving::<FencepostServer<Service>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+}
+
+/// Watches whether the store still accepts writes. While it does, pets systemd's watchdog (when
+/// the unit sets `WatchdogSec=`). Once it stops (a failed write, fsync or checkpoint), turns
+/// health NOT_SERVING and triggers the watchdog, so that a probe (`fencepostctl health`,
+/// Kubernetes) or systemd restarts the server, whose start recovers from the write-ahead log.
+/// Reads keep working meanwhile.
+async fn watch_store(core: Core, health: tonic_health::server::HealthReporter) {
+    let watchdog = sd_notify::watchdog_enabled();
+    let period = watchdog.map_or(STORE_CHECK, |limit| STORE_CHECK.min(limit / 2));
+    let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        if let Some(detail) = core.store_failure() {
-            tracing::error!(
-                %detail,
-                "the store stopped accepting writes; health reports NOT_SERVING until a restart recovers it"
-            );
-            health.set_not_serving::<FencepostServer<Service>>().await;
-            return;
+        let Some(detail) = core.store_failure() else {
+            if watchdog.is_some() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            continue;
+        };
+        tracing::error!(
+            %detail,
+            "the store stopped accepting writes; health reports NOT_SERVING until a restart recovers it"
+        );
+        not_serving(&health).await;
+        let status = format!("the store stopped accepting writes: {detail}");
+        let mut states = vec![sd_notify::NotifyState::Status(&status)];
+        if watchdog.is_some() {
+            states.push(sd_notify::NotifyState::WatchdogTrigger);
         }
+        let _ = sd_notify::notify(&states);
+        return;
     }
 }

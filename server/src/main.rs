@@ -1,6 +1,6 @@
 //! The `fencepost` server binary: reads config, starts tracing, opens the store, binds, serves.
 
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -54,8 +54,8 @@ fn init_tracing(format: LogFormat) {
 async fn run(config: Config) -> Result<(), String> {
     let limits = config.limits()?;
     let addr = config.listen_addr()?;
-    // Refuse a busy address before opening (and so creating) the data dir.
-    let (listener, shown) = bind(&addr).await?;
+    // Refuse busy addresses before opening (and so creating) the data dir; metrics first, so that
+    // a refusal there leaves no socket behind.
     let metrics = match &config.metrics_listen {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)
@@ -64,6 +64,7 @@ async fn run(config: Config) -> Result<(), String> {
         ),
         None => None,
     };
+    let (listener, shown) = bind(&addr).await?;
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir))
         .await
@@ -99,8 +100,10 @@ async fn run(config: Config) -> Result<(), String> {
             }
         });
     }
-    // The readiness signal: one JSON line on stdout once the sockets are bound.
+    // The readiness signal: one JSON line on stdout once the sockets are bound (and READY=1 to
+    // systemd under Type=notify).
     println!("{ready}");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(addr = %shown, "listening");
     let opts = ConnOpts {
         drain_timeout: config.drain_timeout,
@@ -142,6 +145,10 @@ async fn bind(addr: &ListenAddr) -> Result<(Listener, String), String> {
             }
             let l = tokio::net::UnixListener::bind(path)
                 .map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))?;
+            // Read-write for the owner and the group (connecting takes write permission), whatever
+            // the umask: agents in the server's group connect, others do not.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+                .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
             Ok((
                 Listener::Unix(l, path.clone()),
                 format!("unix:{}", path.display()),

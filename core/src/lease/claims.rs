@@ -74,6 +74,11 @@ impl Claims {
         })
     }
 
+    /// Leases held plus acquires waiting (or being granted), in all.
+    pub fn total(&self) -> usize {
+        lock(&self.counts).total
+    }
+
     /// Leases held or waited for: in all, and by `client_id`.
     #[cfg(test)]
     pub fn count(&self, client_id: &str) -> (usize, usize) {

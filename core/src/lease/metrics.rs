@@ -2,7 +2,8 @@
 //! changes found), and gauges read from its state when scraped (leases, waiters, whether the store
 //! still accepts writes).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -13,6 +14,7 @@ use prometheus_client::registry::Registry;
 
 use super::Inner;
 use super::types::{EndReason, Event, EventKind};
+use crate::resource::ResourceName;
 
 /// A label set of one label.
 type Label = [(&'static str, &'static str); 1];
@@ -26,6 +28,9 @@ pub(super) struct Counters {
     entries: Counter,
     modified: Counter,
     adopted: Counter,
+    /// Session files known to refuse appends: found changed (or missing lines kept aside), and
+    /// not adopted since.
+    blocked: Mutex<HashSet<ResourceName>>,
 }
 
 impl Counters {
@@ -44,13 +49,21 @@ impl Counters {
                     self.entries.inc_by(last + 1 - first);
                 }
             }
+            // The scan reports a blocked file again when it comes back into use: count it once.
             EventKind::ExternalModification(_) => {
-                self.modified.inc();
+                if self.blocked().insert(event.resource.clone()) {
+                    self.modified.inc();
+                }
             }
             EventKind::Adopted(_) => {
+                self.blocked().remove(&event.resource);
                 self.adopted.inc();
             }
         }
+    }
+
+    fn blocked(&self) -> std::sync::MutexGuard<'_, HashSet<ResourceName>> {
+        self.blocked.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn register(&self, registry: &mut Registry) {
@@ -76,8 +89,9 @@ impl Counters {
         );
         registry.register(
             "external_modifications",
-            "Session files found changed behind the server's back (each refuses appends until an \
-             operator adopts it; Describe names what changed)",
+            "Session files found changed behind the server's back, or missing acknowledged lines \
+             kept aside at start-up (each refuses appends until an operator adopts it; Describe \
+             names what changed); a file is counted again only after an adoption",
             self.modified.clone(),
         );
         registry.register(
@@ -99,15 +113,24 @@ impl std::fmt::Debug for Gauges {
 
 impl Collector for Gauges {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let (leases, waiters) = {
-            let st = self.0.lock();
-            let waiters: usize = st.resources.values().map(|r| r.queue.len()).sum();
-            (st.leases.iter().len(), waiters)
-        };
+        // No walk over the resources under the state lock: leases are counted by the table, and
+        // the lease limits already count leases plus acquires waiting.
+        let leases = self.0.lock().leases.iter().len();
+        let waiters = self.0.claims.total().saturating_sub(leases);
+        let blocked = self.0.counters.blocked().len();
         let stopped = usize::from(self.0.store.failure().is_some());
         for (name, help, value) in [
             ("leases", "Live leases.", leases),
-            ("waiters", "Acquire calls waiting in a queue.", waiters),
+            (
+                "waiters",
+                "Acquire calls waiting in a queue (or being granted).",
+                waiters,
+            ),
+            (
+                "blocked_files",
+                "Session files refusing appends until an operator adopts them.",
+                blocked,
+            ),
             (
                 "store_stopped",
                 "1 once the store stopped accepting writes after a failed write, fsync or \

@@ -112,7 +112,8 @@ pub struct HealthArgs {
 }
 
 /// Prints `{"status":"serving"}` and succeeds while the server serves the fencepost API; a
-/// draining server prints `not_serving` and fails (for health probes).
+/// server that is draining, or whose store stopped accepting writes, prints `not_serving` and
+/// fails (for health probes).
 pub async fn health(conn: &Connection, args: HealthArgs) -> Result<(), Failure> {
     let probe = async {
         let client = conn.client(None, OwnerKind::Cli).await?;
@@ -138,7 +139,8 @@ pub async fn health(conn: &Connection, args: HealthArgs) -> Result<(), Failure> 
     } else {
         Err(Failure::other(
             "NOT_SERVING",
-            "the server is draining for a shutdown",
+            "the server is draining for a shutdown, or its store stopped accepting writes \
+             (see its log; a restart recovers)",
         ))
     }
 }

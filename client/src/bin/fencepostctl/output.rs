@@ -51,13 +51,13 @@ fn enum_label<E: TryFrom<i32>>(
     )
 }
 
-/// What `adopt` prints.
 /// `health`: `serving` or `not_serving`.
 #[derive(Serialize)]
 pub struct HealthView {
     pub status: &'static str,
 }
 
+/// What `adopt` prints.
 #[derive(Serialize)]
 pub struct AdoptView {
     pub resource: String,
