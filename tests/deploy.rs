@@ -46,10 +46,18 @@ fn env_vars_of(binary: &str) -> BTreeSet<String> {
 fn the_sample_settings_name_every_server_setting_and_nothing_else() {
     let server = env_vars_of("fencepost");
     assert!(server.contains("FENCEPOST_MAX_TTL"), "{server:?}");
+    // Settings that are off are shown commented out, as `#FENCEPOST_NAME=example`.
+    let off = deploy("fencepost.env")
+        .lines()
+        .filter_map(|line| line.strip_prefix('#'))
+        .filter(|line| line.starts_with("FENCEPOST_"))
+        .map(|line| line.split_once('=').expect("#KEY=value").0.to_owned())
+        .collect::<Vec<_>>();
     let sample: BTreeSet<String> = sample_settings()
         .into_iter()
         .map(|(key, _)| key)
         .filter(|key| key.starts_with("FENCEPOST_"))
+        .chain(off)
         .collect();
     assert_eq!(sample, server);
 }

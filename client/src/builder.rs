@@ -5,7 +5,7 @@ use std::time::Duration;
 use fencepost as proto;
 use proto::v1::OwnerKind;
 
-use crate::endpoint::Target;
+use crate::endpoint::{Target, TlsOptions};
 use crate::{Client, Error, RetryPolicy, owner};
 
 /// The connect timeout used unless [`ClientBuilder::connect_timeout`] says otherwise.
@@ -38,6 +38,7 @@ pub struct ClientBuilder {
     client_id: Option<String>,
     name: Option<String>,
     kind: OwnerKind,
+    tls: TlsOptions,
 }
 
 impl ClientBuilder {
@@ -50,6 +51,7 @@ impl ClientBuilder {
             client_id: None,
             name: None,
             kind: OwnerKind::Runner,
+            tls: TlsOptions::default(),
         }
     }
 
@@ -155,13 +157,42 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to the endpoint: `http://host:port`, `host:port` or `unix:/path/to.sock`.
+    /// For an `https://` endpoint: trust the CA in `pem` (the one that issued the server's
+    /// certificate) instead of the public CAs.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = fencepost_client::Client::builder("https://fencepost.internal:7420")
+    ///     .tls_ca_certificate(std::fs::read("/etc/fencepost/ca.pem")?)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tls_ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca = Some(pem.into());
+        self
+    }
+
+    /// For an `https://` endpoint whose server requires client certificates (mutual TLS): this
+    /// client's certificate chain and private key, both PEM.
+    pub fn tls_client_identity(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.identity = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Connects to the endpoint: `http://host:port`, `https://host:port`, `host:port` or
+    /// `unix:/path/to.sock`.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] (reason `INVALID_ENDPOINT`) for an endpoint that cannot be parsed
-    /// or uses `https://`; [`Error::Unavailable`] when the server cannot be reached within the
-    /// connect timeout.
+    /// [`Error::InvalidInput`] (reason `INVALID_ENDPOINT`) for an endpoint that cannot be parsed,
+    /// or TLS settings without an `https://` endpoint; [`Error::Unavailable`] when the server
+    /// cannot be reached, or its TLS handshake fails, within the connect timeout.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), fencepost_client::Error> {
@@ -171,7 +202,7 @@ impl ClientBuilder {
     /// ```
     pub async fn connect(self) -> Result<Client, Error> {
         let target = Target::parse(&self.endpoint)?;
-        let channel = target.connect(self.connect_timeout).await?;
+        let channel = target.connect(self.connect_timeout, &self.tls).await?;
         tracing::debug!(endpoint = %target, "connected to fencepost");
         let mut identity = owner::new_owner(self.kind);
         if let Some(client_id) = self.client_id {

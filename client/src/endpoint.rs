@@ -1,11 +1,12 @@
-//! Endpoint strings (`http://host:port`, `host:port`, `unix:/path`) and opening a channel to them.
+//! Endpoint strings (`http://host:port`, `https://host:port`, `host:port`, `unix:/path`) and
+//! opening a channel to them.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 use crate::Error;
 
@@ -14,6 +15,8 @@ use crate::Error;
 pub(crate) enum Target {
     /// A TCP address, as an `http://` URI.
     Tcp(String),
+    /// A TCP address with TLS, as an `https://` URI.
+    Https(String),
     /// A Unix domain socket path.
     Unix(PathBuf),
 }
@@ -31,24 +34,24 @@ impl Target {
             }
             return Ok(Self::Unix(PathBuf::from(path)));
         }
-        if endpoint.starts_with("https://") {
-            return Err(Error::invalid_endpoint(format!(
-                "endpoint {endpoint:?}: TLS is not supported by this client; use http://host:port \
-                 or unix:/path"
-            )));
-        }
-        let uri = if endpoint.starts_with("http://") {
+        let uri = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
             endpoint.to_owned()
         } else if endpoint.contains("://") {
             return Err(Error::invalid_endpoint(format!(
-                "endpoint {endpoint:?} has an unsupported scheme; use http://host:port or \
-                 unix:/path"
+                "endpoint {endpoint:?} has an unsupported scheme; use http://host:port, \
+                 https://host:port or unix:/path"
             )));
         } else {
             format!("http://{endpoint}")
         };
         match uri.parse::<Uri>() {
-            Ok(parsed) if parsed.host().is_some_and(|host| !host.is_empty()) => Ok(Self::Tcp(uri)),
+            Ok(parsed) if parsed.host().is_some_and(|host| !host.is_empty()) => {
+                if parsed.scheme_str() == Some("https") {
+                    Ok(Self::Https(uri))
+                } else {
+                    Ok(Self::Tcp(uri))
+                }
+            }
             Ok(_) => Err(Error::invalid_endpoint(format!(
                 "endpoint {endpoint:?} names no host; use http://host:port or unix:/path"
             ))),
@@ -59,11 +62,30 @@ impl Target {
         }
     }
 
-    /// Opens an HTTP/2 channel, giving up after `connect_timeout` (TCP or socket connect plus the
-    /// HTTP/2 handshake).
-    pub(crate) async fn connect(&self, connect_timeout: Duration) -> Result<Channel, Error> {
+    /// Opens an HTTP/2 channel, giving up after `connect_timeout` (TCP or socket connect, the TLS
+    /// handshake for `https://`, and the HTTP/2 handshake).
+    pub(crate) async fn connect(
+        &self,
+        connect_timeout: Duration,
+        tls: &TlsOptions,
+    ) -> Result<Channel, Error> {
+        if !matches!(self, Self::Https(_)) && !tls.is_empty() {
+            return Err(Error::invalid_endpoint(format!(
+                "TLS settings (a CA certificate or a client certificate) need an https:// \
+                 endpoint, not {self}"
+            )));
+        }
         let connecting = async {
             match self {
+                Self::Https(uri) => {
+                    Endpoint::from_shared(uri.clone())
+                        .map_err(|err| Error::invalid_endpoint(format!("{uri}: {err}")))?
+                        .tls_config(tls.config())
+                        .map_err(|err| Error::invalid_endpoint(format!("{uri}: TLS: {err}")))?
+                        .connect_timeout(connect_timeout)
+                        .connect()
+                        .await
+                }
                 Self::Tcp(uri) => {
                     Endpoint::from_shared(uri.clone())
                         .map_err(|err| Error::invalid_endpoint(format!("{uri}: {err}")))?
@@ -102,10 +124,37 @@ impl Target {
     }
 }
 
+/// TLS settings for `https://` endpoints: by default the server's certificate is checked against
+/// the public CAs (webpki roots).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TlsOptions {
+    /// PEM of the CA that issued the server's certificate, instead of the public CAs.
+    pub ca: Option<Vec<u8>>,
+    /// PEM of this client's certificate and key, for servers that require one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsOptions {
+    fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.identity.is_none()
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let config = match &self.ca {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)),
+            None => ClientTlsConfig::new().with_enabled_roots(),
+        };
+        match &self.identity {
+            Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+            None => config,
+        }
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Tcp(uri) => f.write_str(uri),
+            Self::Tcp(uri) | Self::Https(uri) => f.write_str(uri),
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
@@ -127,6 +176,24 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn https_addresses_are_tcp_with_tls_and_tls_settings_need_them() {
+        assert_eq!(
+            Target::parse("https://fencepost.internal:7420").unwrap(),
+            Target::Https("https://fencepost.internal:7420".to_owned())
+        );
+        let tls = TlsOptions {
+            ca: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+            identity: None,
+        };
+        let plain = Target::parse("http://127.0.0.1:1").unwrap();
+        let err = plain
+            .connect(Duration::from_secs(1), &tls)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), Some("INVALID_ENDPOINT"));
+    }
+
     #[test]
     fn unix_endpoints_accept_one_or_three_slashes() {
         let expected = Target::Unix(PathBuf::from("/run/fencepost.sock"));
@@ -140,13 +207,7 @@ mod tests {
 
     #[test]
     fn unusable_endpoints_are_invalid_input() {
-        for bad in [
-            "unix:",
-            "https://example.com",
-            "ftp://host:1",
-            "http://",
-            "http://a b",
-        ] {
+        for bad in ["unix:", "https://", "ftp://host:1", "http://", "http://a b"] {
             let err = Target::parse(bad).unwrap_err();
             assert_eq!(err.reason(), Some("INVALID_ENDPOINT"), "{bad}");
         }
@@ -155,7 +216,10 @@ mod tests {
     #[tokio::test]
     async fn a_missing_socket_is_unavailable() {
         let target = Target::parse("unix:/nonexistent/dir/x.sock").unwrap();
-        let err = target.connect(Duration::from_secs(5)).await.unwrap_err();
+        let err = target
+            .connect(Duration::from_secs(5), &TlsOptions::default())
+            .await
+            .unwrap_err();
         match err {
             Error::Unavailable { message } => {
                 assert!(message.contains("/nonexistent/dir/x.sock"), "{message}");

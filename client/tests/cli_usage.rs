@@ -100,13 +100,34 @@ fn append_to_an_unreachable_endpoint_exits_1() {
 }
 
 #[test]
-fn an_https_endpoint_is_bad_input_with_exit_code_2() {
-    let output = fencepostctl(&["--endpoint", "https://example.invalid:7420", "list"], b"");
-    assert_eq!(output.status.code(), Some(2));
-    let lines = stderr_lines(&output);
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(
-        lines[0].starts_with("fencepostctl: INVALID_ENDPOINT: "),
-        "{lines:?}"
-    );
+fn tls_settings_without_an_https_endpoint_or_an_unreadable_ca_are_bad_input() {
+    let this_file = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cli_usage.rs");
+    for (args, reason) in [
+        (
+            vec![
+                "--endpoint",
+                "http://127.0.0.1:1",
+                "--ca-cert",
+                this_file,
+                "list",
+            ],
+            "fencepostctl: INVALID_ENDPOINT: ",
+        ),
+        (
+            vec![
+                "--endpoint",
+                "https://example.invalid:7420",
+                "--ca-cert",
+                "/nonexistent.pem",
+                "list",
+            ],
+            "fencepostctl: INVALID_TLS: cannot read --ca-cert /nonexistent.pem",
+        ),
+    ] {
+        let output = fencepostctl(&args, b"");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let lines = stderr_lines(&output);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with(reason), "{lines:?}");
+    }
 }

@@ -78,6 +78,33 @@ pub struct Config {
     #[arg(long, env = "FENCEPOST_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
 
+    /// TLS: the server's certificate chain (PEM). With --tls-key, TCP connections use TLS only.
+    #[arg(
+        long,
+        env = "FENCEPOST_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS: the private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "FENCEPOST_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// TLS: require client certificates issued by this CA (PEM): mutual TLS.
+    #[arg(
+        long,
+        env = "FENCEPOST_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Log format on stderr.
     #[arg(long, env = "FENCEPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -114,6 +141,34 @@ impl Config {
             Some(path) => Ok(ListenAddr::Unix(PathBuf::from(path))),
             None => Ok(ListenAddr::Tcp(self.listen.clone())),
         }
+    }
+
+    /// The TLS settings, read from their files; `None` without --tls-cert.
+    ///
+    /// # Errors
+    /// An unreadable file, or TLS asked for on a Unix socket.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        if matches!(self.listen_addr()?, ListenAddr::Unix(_)) {
+            return Err(
+                "--tls-cert applies to TCP listeners; a Unix socket is protected by its file mode"
+                    .into(),
+            );
+        }
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read("--tls-cert", cert)?,
+            read("--tls-key", key)?,
+        ));
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?));
+        }
+        Ok(Some(tls))
     }
 
     /// The core limits.

@@ -33,14 +33,19 @@ pub enum ServeError {
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS certificate, key or client CA was refused.
+    #[error("TLS settings (--tls-cert, --tls-key, --tls-client-ca): {0}")]
+    Tls(tonic::transport::Error),
     /// Reflection could not be built from the descriptor set.
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// How connections are kept and closed.
-#[derive(Debug, Clone, Copy)]
+/// How connections are secured, kept and closed.
+#[derive(Debug, Clone)]
 pub struct ConnOpts {
+    /// TLS for TCP connections (with client certificates when it names a client CA).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// How long a shutdown waits for in-flight calls and open connections.
     pub drain_timeout: Duration,
     /// How often each connection is pinged (HTTP/2 PING).
@@ -63,7 +68,7 @@ pub async fn serve(
     opts: ConnOpts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let ConnOpts { drain_timeout, .. } = opts;
+    let drain_timeout = opts.drain_timeout;
     let limits = core.limits().clone();
     let streams_done = CancellationToken::new();
     let api = FencepostServer::new(Service::new(core.clone(), streams_done.clone()))
@@ -109,7 +114,11 @@ pub async fn serve(
             std::future::pending::<()>().await;
         }
     };
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = opts.tls {
+        builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
+    }
+    let router = builder
         .http2_keepalive_interval(Some(opts.ping_interval))
         .http2_keepalive_timeout(Some(opts.ping_timeout))
         .add_service(health)

@@ -54,6 +54,7 @@ fn init_tracing(format: LogFormat) {
 async fn run(config: Config) -> Result<(), String> {
     let limits = config.limits()?;
     let addr = config.listen_addr()?;
+    let tls = config.tls()?;
     // Refuse busy addresses before opening (and so creating) the data dir; metrics first, so that
     // a refusal there leaves no socket behind.
     let metrics = match &config.metrics_listen {
@@ -85,7 +86,7 @@ async fn run(config: Config) -> Result<(), String> {
         "store open"
     );
     let core = Core::new(Arc::new(store), limits);
-    let mut ready = serde_json::json!({"event": "listening", "addr": shown});
+    let mut ready = serde_json::json!({"event": "listening", "addr": shown, "tls": tls.is_some()});
     if let Some(listener) = metrics {
         let at = listener
             .local_addr()
@@ -106,6 +107,7 @@ async fn run(config: Config) -> Result<(), String> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(addr = %shown, "listening");
     let opts = ConnOpts {
+        tls,
         drain_timeout: config.drain_timeout,
         ping_interval: config.ping_interval,
         ping_timeout: config.ping_timeout,

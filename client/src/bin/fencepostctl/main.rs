@@ -9,6 +9,7 @@ mod output;
 mod run;
 mod signals;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -49,6 +50,36 @@ struct Cli {
         value_name = "ID"
     )]
     client_id: Option<String>,
+    /// For an https:// endpoint: the CA certificate (PEM) that issued the server's certificate
+    /// (default: the public CAs).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FENCEPOST_CA_CERT",
+        value_name = "PEM"
+    )]
+    ca_cert: Option<PathBuf>,
+    /// For a server that requires client certificates: this client's certificate (PEM).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FENCEPOST_CLIENT_CERT",
+        value_name = "PEM",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FENCEPOST_CLIENT_KEY",
+        value_name = "PEM",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -121,6 +152,8 @@ fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
 struct Connection {
     endpoint: String,
     client_id: Option<String>,
+    ca_cert: Option<PathBuf>,
+    client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl Connection {
@@ -134,8 +167,27 @@ impl Connection {
         if let Some(client_id) = &self.client_id {
             builder = builder.client_id(client_id.as_str());
         }
+        if let Some(ca) = &self.ca_cert {
+            builder = builder.tls_ca_certificate(read_pem("--ca-cert", ca)?);
+        }
+        if let Some((cert, key)) = &self.client_identity {
+            builder = builder.tls_client_identity(
+                read_pem("--client-cert", cert)?,
+                read_pem("--client-key", key)?,
+            );
+        }
         Ok(builder.connect().await?)
     }
+}
+
+/// The contents of a PEM file named by `flag`.
+fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|err| {
+        Failure::bad_input(
+            "INVALID_TLS",
+            &format!("cannot read {flag} {}: {err}", path.display()),
+        )
+    })
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -144,6 +196,8 @@ async fn main() -> ExitCode {
     let conn = Connection {
         endpoint: cli.endpoint,
         client_id: cli.client_id,
+        ca_cert: cli.ca_cert,
+        client_identity: cli.client_cert.zip(cli.client_key),
     };
     let result = match cli.command {
         Command::Acquire(args) => commands::acquire(&conn, args).await,
