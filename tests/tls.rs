@@ -109,8 +109,8 @@ fn the_cli_appends_over_tls_to_a_server_it_trusts_and_nowhere_else() {
     assert_ctl_error(&untrusted, EXIT_FAILURE, "UNAVAILABLE");
     let public_roots = ctl(&endpoint, ["describe", R], None);
     assert_ctl_error(&public_roots, EXIT_FAILURE, "UNAVAILABLE");
-    let plain = ctl(server.endpoint(), ["describe", R], None);
-    assert_ctl_error(&plain, EXIT_FAILURE, "");
+    let plain = ctl(server.endpoint(), ["health", "--timeout", "2s"], None);
+    assert_ctl_error(&plain, EXIT_FAILURE, "UNAVAILABLE");
     // TLS settings with a plain endpoint are a mistake, said before anything is sent.
     let mixed = ctl(
         server.endpoint(),
@@ -130,24 +130,54 @@ fn a_server_that_requires_client_certificates_refuses_clients_without_one() {
     let anonymous = ctl(&endpoint, ["--ca-cert", ca.as_str(), "health"], None);
     assert_ctl_error(&anonymous, EXIT_FAILURE, "UNAVAILABLE");
     let (cert, key) = (pki.arg("client.pem"), pki.arg("client.key"));
-    let identified = ctl(
+    let identity = [
+        "--ca-cert",
+        ca.as_str(),
+        "--client-cert",
+        cert.as_str(),
+        "--client-key",
+        key.as_str(),
+    ];
+    let identified = ctl(&endpoint, with(&identity, &["health"]), None);
+    assert_eq!(
+        ctl_object(&identified)["status"],
+        "serving",
+        "{identified:?}"
+    );
+    // Half a client identity is a mistake, said before anything is sent.
+    let half = ctl(
         &endpoint,
         [
             "--ca-cert",
             ca.as_str(),
             "--client-cert",
             cert.as_str(),
-            "--client-key",
-            key.as_str(),
             "health",
         ],
         None,
     );
-    assert_eq!(
-        ctl_object(&identified)["status"],
-        "serving",
-        "{identified:?}"
+    assert_ctl_error(&half, EXIT_BAD_INPUT, "INVALID_TLS");
+    // `run` hands its command the TLS settings it was given.
+    let (ca_path, client_path) = (pki.path("ca.pem"), pki.path("client.pem"));
+    let ran = ctl(
+        &endpoint,
+        with(
+            &identity,
+            &[
+                "run",
+                "tls/run.jsonl",
+                "--",
+                "sh",
+                "-c",
+                "test \"$FENCEPOST_CA_CERT\" = \"$1\" && test \"$FENCEPOST_CLIENT_CERT\" = \"$2\"",
+                "sh",
+                ca_path.to_str().unwrap(),
+                client_path.to_str().unwrap(),
+            ],
+        ),
+        None,
     );
+    assert!(ran.status.success(), "{ran:?}");
 }
 
 #[test]
@@ -187,6 +217,11 @@ fn bad_tls_settings_are_refused_at_start_with_the_flag_named() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} announced itself ready");
+        assert!(
+            !dir.path().join("data").exists(),
+            "{args:?} opened the data dir"
+        );
     }
     let unix = command("fencepost")
         .current_dir(dir.path())

@@ -126,12 +126,22 @@ impl Target {
 
 /// TLS settings for `https://` endpoints: by default the server's certificate is checked against
 /// the public CAs (webpki roots).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct TlsOptions {
     /// PEM of the CA that issued the server's certificate, instead of the public CAs.
     pub ca: Option<Vec<u8>>,
     /// PEM of this client's certificate and key, for servers that require one.
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Says which settings are present, never the key.
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("ca", &self.ca.is_some())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
 }
 
 impl TlsOptions {

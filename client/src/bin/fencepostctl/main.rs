@@ -66,8 +66,7 @@ struct Cli {
         global = true,
         help_heading = "Global options",
         env = "FENCEPOST_CLIENT_CERT",
-        value_name = "PEM",
-        requires = "client_key"
+        value_name = "PEM"
     )]
     client_cert: Option<PathBuf>,
     /// The private key of --client-cert (PEM).
@@ -76,8 +75,7 @@ struct Cli {
         global = true,
         help_heading = "Global options",
         env = "FENCEPOST_CLIENT_KEY",
-        value_name = "PEM",
-        requires = "client_cert"
+        value_name = "PEM"
     )]
     client_key: Option<PathBuf>,
     #[command(subcommand)]
@@ -180,6 +178,22 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// The TLS settings as the environment variables fencepostctl reads, with absolute paths.
+    fn tls_env(&self) -> Vec<(&'static str, PathBuf)> {
+        let absolute = |path: &PathBuf| std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        let mut vars = Vec::new();
+        if let Some(ca) = &self.ca_cert {
+            vars.push(("FENCEPOST_CA_CERT", absolute(ca)));
+        }
+        if let Some((cert, key)) = &self.client_identity {
+            vars.push(("FENCEPOST_CLIENT_CERT", absolute(cert)));
+            vars.push(("FENCEPOST_CLIENT_KEY", absolute(key)));
+        }
+        vars
+    }
+}
+
 /// The contents of a PEM file named by `flag`.
 fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|err| {
@@ -193,11 +207,23 @@ fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, Failure> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let client_identity = match (cli.client_cert, cli.client_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            return Failure::bad_input(
+                "INVALID_TLS",
+                "--client-cert and --client-key (FENCEPOST_CLIENT_CERT, FENCEPOST_CLIENT_KEY) go \
+                 together",
+            )
+            .report();
+        }
+    };
     let conn = Connection {
         endpoint: cli.endpoint,
         client_id: cli.client_id,
         ca_cert: cli.ca_cert,
-        client_identity: cli.client_cert.zip(cli.client_key),
+        client_identity,
     };
     let result = match cli.command {
         Command::Acquire(args) => commands::acquire(&conn, args).await,

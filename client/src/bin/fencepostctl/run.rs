@@ -117,7 +117,12 @@ fn spawn(conn: &Connection, lease: &Lease, command: &[OsString]) -> Result<Child
     let (program, rest) = command
         .split_first()
         .ok_or_else(|| Failure::bad_input("INVALID_ARGUMENT", "no command given after --"))?;
-    Command::new(program)
+    let mut child = Command::new(program);
+    // The TLS settings this run was given, so that a fencepostctl in CMD reaches the server too.
+    for (var, path) in conn.tls_env() {
+        child.env(var, path);
+    }
+    child
         .args(rest)
         .env("FENCEPOST_ENDPOINT", &conn.endpoint)
         .env("FENCEPOST_RESOURCE", lease.resource())
