@@ -75,6 +75,7 @@ impl Target {
                  endpoint, not {self}"
             )));
         }
+        tls.check()?;
         let connecting = async {
             match self {
                 Self::Https(uri) => {
@@ -147,6 +148,34 @@ impl std::fmt::Debug for TlsOptions {
 impl TlsOptions {
     fn is_empty(&self) -> bool {
         self.ca.is_none() && self.identity.is_none()
+    }
+
+    /// Refuses PEM that holds no certificate or key where one is needed: rustls would take an
+    /// empty or DER file as no CA at all and fail every handshake with an unknown issuer.
+    fn check(&self) -> Result<(), Error> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certificates = |pem: &[u8], what: &str| {
+            let found = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| Error::invalid_tls(format!("the {what} is not valid PEM: {err}")))?;
+            if found.is_empty() {
+                return Err(Error::invalid_tls(format!(
+                    "the {what} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                )));
+            }
+            Ok(())
+        };
+        if let Some(ca) = &self.ca {
+            certificates(ca, "CA certificate")?;
+        }
+        if let Some((cert, key)) = &self.identity {
+            certificates(cert, "client certificate")?;
+            PrivateKeyDer::from_pem_slice(key).map_err(|err| {
+                Error::invalid_tls(format!("the client key holds no PEM private key: {err}"))
+            })?;
+        }
+        Ok(())
     }
 
     fn config(&self) -> ClientTlsConfig {

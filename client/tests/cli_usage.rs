@@ -118,6 +118,16 @@ fn tls_settings_without_an_https_endpoint_or_an_unreadable_ca_are_bad_input() {
                 "--endpoint",
                 "https://example.invalid:7420",
                 "--ca-cert",
+                this_file,
+                "list",
+            ],
+            "fencepostctl: INVALID_TLS: the CA certificate holds no PEM certificate",
+        ),
+        (
+            vec![
+                "--endpoint",
+                "https://example.invalid:7420",
+                "--ca-cert",
                 "/nonexistent.pem",
                 "list",
             ],

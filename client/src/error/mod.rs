@@ -201,6 +201,14 @@ impl Error {
             message,
         }
     }
+
+    /// Locally detected bad TLS material (a CA or client certificate, a key).
+    pub(crate) fn invalid_tls(message: String) -> Self {
+        Self::InvalidInput {
+            reason: "INVALID_TLS".to_owned(),
+            message,
+        }
+    }
 }
 
 /// The canonical upper-case name of a gRPC code, as used in logs and error lines.
