@@ -109,8 +109,9 @@ fn the_cli_appends_over_tls_to_a_server_it_trusts_and_nowhere_else() {
     assert_ctl_error(&untrusted, EXIT_FAILURE, "UNAVAILABLE");
     let public_roots = ctl(&endpoint, ["describe", R], None);
     assert_ctl_error(&public_roots, EXIT_FAILURE, "UNAVAILABLE");
-    let plain = ctl(server.endpoint(), ["health", "--timeout", "2s"], None);
-    assert_ctl_error(&plain, EXIT_FAILURE, "UNAVAILABLE");
+    let plain = ctl(server.endpoint(), ["describe", R], None);
+    let line = assert_ctl_error(&plain, EXIT_FAILURE, "PROTOCOL_MISMATCH");
+    assert!(line.contains("https://"), "{line}");
     // TLS settings with a plain endpoint are a mistake, said before anything is sent.
     let mixed = ctl(
         server.endpoint(),

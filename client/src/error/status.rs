@@ -45,6 +45,16 @@ impl From<tonic::Status> for Error {
                     ),
                 }
             }
+            // Bytes that are no HTTP/2 frame at all: the peer speaks something else (TLS, most
+            // likely, or HTTP/1). Retrying cannot help, so it is not reported as transient.
+            (_, None) if message.contains("frame with invalid size") => Self::Other {
+                code,
+                reason: Some("PROTOCOL_MISMATCH".to_owned()),
+                message: format!(
+                    "{message}: the server does not speak plain HTTP/2; if it serves TLS, use an \
+                     https:// endpoint"
+                ),
+            },
             (Code::Unavailable, _) => Self::Unavailable { message },
             // tonic made this status itself from an I/O, HTTP/2 or hyper failure (a status the
             // server sent has no source): the connection broke under the call.
