@@ -306,21 +306,44 @@ async fn canary_with_recovery_switched_off_the_crash_check_fails() {
     );
 }
 
-/// Polls `fencepostctl health` until it prints `status` (the server looks at its store every
-/// second), bounded by [`WAIT`].
+/// Waits for the API's health to become `status` (the standard health Watch stream pushes each
+/// change), then checks that `fencepostctl health` reports it with the matching exit code.
 async fn wait_for_health(server: &Server, status: &str) {
-    let deadline = std::time::Instant::now() + WAIT;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let wanted = if status == "serving" {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    let channel = tonic::transport::Endpoint::from_shared(server.endpoint().to_owned())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut updates = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: "fencepost.v1.Fencepost".to_owned(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
     loop {
-        let out = ctl(server.endpoint(), ["health"], None);
-        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-        if printed.contains(&format!("\"status\":\"{status}\"")) {
-            assert_eq!(out.status.success(), status == "serving", "{out:?}");
-            return;
+        let update = tokio::time::timeout(WAIT, updates.message())
+            .await
+            .unwrap_or_else(|_| panic!("health never became {status}"))
+            .expect("health watch failed")
+            .expect("health watch ended");
+        if update.status == wanted as i32 {
+            break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health never became {status}: {out:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    let out = ctl(server.endpoint(), ["health"], None);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&format!("\"status\":\"{status}\"")),
+        "{out:?}"
+    );
+    assert_eq!(out.status.success(), status == "serving", "{out:?}");
 }

@@ -195,27 +195,27 @@ async fn metrics_count_grants_appends_refusals_and_outside_changes() {
         assert_eq!(sample(&now, name), Some(value), "{name} in {now}");
     }
 
-    // A line written behind the server's back: the periodic scan finds it.
+    // A line written behind the server's back: the periodic scan finds it and publishes an
+    // event, counted as it is published.
+    let mut events = watch(&mut c, R, false).await;
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(server.file(R))
         .expect("open the session file");
     std::io::Write::write_all(&mut file, b"{\"intruder\":1}\n").expect("write");
-    let deadline = std::time::Instant::now() + WAIT;
-    while sample(&server.metrics(), "fencepost_blocked_files") != Some(1.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the outside change was never counted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-
-    let found = server.metrics();
+    let found = next_event(&mut events).await;
     assert_eq!(
-        sample(&found, "fencepost_external_modifications_total"),
-        Some(1.0),
-        "{found}"
+        found.kind(),
+        WatchEventKind::ExternalModification,
+        "{found:?}"
     );
+    let found = server.metrics();
+    for (name, value) in [
+        ("fencepost_external_modifications_total", 1.0),
+        ("fencepost_blocked_files", 1.0),
+    ] {
+        assert_eq!(sample(&found, name), Some(value), "{name} in {found}");
+    }
 
     release(&mut c, &lease).await;
     let after = server.metrics();
