@@ -143,10 +143,12 @@ impl Config {
         }
     }
 
-    /// The TLS settings, read from their files; `None` without --tls-cert.
+    /// The TLS settings, read from their files and checked (certificate and key parse and match),
+    /// so that bad ones are refused before anything is bound, opened or announced; `None` without
+    /// --tls-cert.
     ///
     /// # Errors
-    /// An unreadable file, or TLS asked for on a Unix socket.
+    /// An unreadable or unusable file, or TLS asked for on a Unix socket.
     pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
@@ -168,6 +170,9 @@ impl Config {
         if let Some(ca) = &self.tls_client_ca {
             tls = tls.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?));
         }
+        tonic::transport::Server::builder()
+            .tls_config(tls.clone())
+            .map_err(|e| format!("TLS settings (--tls-cert, --tls-key, --tls-client-ca): {e}"))?;
         Ok(Some(tls))
     }
 

@@ -55,12 +55,6 @@ async fn run(config: Config) -> Result<(), String> {
     let limits = config.limits()?;
     let addr = config.listen_addr()?;
     let tls = config.tls()?;
-    if let Some(tls) = &tls {
-        // Parse the certificate and key now, before anything is bound, opened or announced.
-        tonic::transport::Server::builder()
-            .tls_config(tls.clone())
-            .map_err(|e| format!("TLS settings (--tls-cert, --tls-key, --tls-client-ca): {e}"))?;
-    }
     // Refuse busy addresses before opening (and so creating) the data dir; metrics first, so that
     // a refusal there leaves no socket behind.
     let metrics = match &config.metrics_listen {
