@@ -279,6 +279,54 @@ async fn a_retried_acquire_with_the_same_idempotency_key_gets_the_same_lease() {
 }
 
 #[tokio::test]
+async fn a_retried_acquire_takes_the_place_of_its_original_still_waiting() {
+    const R: &str = "leases/retried-waiting.jsonl";
+    let server = Server::start(ServerOpts::default());
+    let mut c = server.grpc().await;
+    let holder = acquire(&mut c, R, 30_000).await;
+    let request = AcquireRequest {
+        resource: R.to_owned(),
+        owner: Some(owner("retrying")),
+        ttl_ms: 30_000,
+        wait_ms: 60_000,
+        idempotency_key: "attempt-1".to_owned(),
+    };
+    // The original waits on one connection; the client retries on another, as after a
+    // connection that died without the server noticing.
+    let (mut first, mut second) = (server.grpc().await, server.grpc().await);
+    let sent = request.clone();
+    let original = tokio::spawn(async move { first.acquire(sent).await });
+    wait_for_waiters(&c, R, 1).await;
+    let retry = tokio::spawn(async move { second.acquire(request).await });
+    let superseded = tokio::time::timeout(WAIT, original)
+        .await
+        .expect("the original is answered once the retry arrives")
+        .expect("original task")
+        .expect_err("the original is superseded");
+    assert_eq!(superseded.code(), Code::Aborted);
+    assert_eq!(error_reason(&superseded).as_deref(), Some("SUPERSEDED"));
+    assert!(
+        superseded.message().contains("the retry gets the lease"),
+        "{}",
+        superseded.message()
+    );
+    // The retry waits in the original's place: one waiter, not two.
+    assert_eq!(describe(&mut c, R).await.waiters, 1);
+    assert_eq!(release(&mut c, &holder).await, ReleaseOutcome::Released);
+    let lease = tokio::time::timeout(WAIT, retry)
+        .await
+        .expect("the retry is granted after the release")
+        .expect("retry task")
+        .expect("retry granted")
+        .into_inner()
+        .lease
+        .expect("lease");
+    assert!(lease.token > holder.token);
+    let state = describe(&mut c, R).await;
+    assert_eq!(state.holder.expect("holder").lease_id, lease.lease_id);
+}
+
+#[tokio::test]
 async fn acquire_without_a_client_id_or_with_a_ttl_over_the_maximum_is_refused() {
     const R: &str = "leases/checked.jsonl";
     let opts = ServerOpts::default()

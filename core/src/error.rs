@@ -168,6 +168,18 @@ pub enum CoreError {
         /// The server flag that sets it.
         flag: &'static str,
     },
+    /// A retry of this Acquire (same client id and idempotency key) took its place in the queue.
+    #[error(
+        "a retry of this acquire (client {client_id:?}, idempotency key {key:?}) took its place in the queue for {resource}; the retry gets the lease"
+    )]
+    Superseded {
+        /// The resource.
+        resource: String,
+        /// The client that retried.
+        client_id: String,
+        /// The idempotency key both calls carry.
+        key: String,
+    },
     /// The server is shutting down.
     #[error("the server is shutting down; retry against another instance or after restart")]
     ShuttingDown,
@@ -198,6 +210,7 @@ impl CoreError {
             Self::StorageFailed { .. } => "STORAGE_FAILED",
             Self::CorruptMetadata { .. } => "CORRUPT_METADATA",
             Self::TooManyLeases { .. } => "TOO_MANY_LEASES",
+            Self::Superseded { .. } => "SUPERSEDED",
             Self::ShuttingDown => "SHUTTING_DOWN",
         }
     }
@@ -274,6 +287,10 @@ impl CoreError {
                 ("count", count.to_string()),
                 ("limit", limit.to_string()),
                 ("flag", (*flag).to_owned()),
+            ],
+            Self::Superseded { resource, key, .. } => vec![
+                ("resource", resource.clone()),
+                ("idempotency_key", key.clone()),
             ],
             Self::ShuttingDown => vec![],
         }

@@ -27,6 +27,7 @@ pub fn status(err: &CoreError) -> Status {
         CoreError::WaitTimeout { .. } => Code::DeadlineExceeded,
         CoreError::CorruptMetadata { .. } => Code::DataLoss,
         CoreError::TooManyLeases { .. } => Code::ResourceExhausted,
+        CoreError::Superseded { .. } => Code::Aborted,
         CoreError::ShuttingDown => Code::Unavailable,
         _ => Code::Internal,
     };

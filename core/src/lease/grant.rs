@@ -91,7 +91,19 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
                 if earliest {
                     inner.expiry.notify_one();
                 }
-                if waiter.tx.send(Ok(grant)).is_err() {
+                // Retries of the same keyed acquire, queued while this grant was under way, get
+                // the same lease; so if the original caller left, the lease is still taken. They
+                // are one logical acquire: any of its callers that goes away after being answered
+                // releases the lease (see `QueueGuard`), as a cancelled acquire does.
+                let retries = match &waiter.idempotency_key {
+                    Some(key) => st.take_retries(&resource, &waiter.owner.client_id, key),
+                    None => std::collections::VecDeque::new(),
+                };
+                let mut taken = waiter.tx.send(Ok(grant.clone())).is_ok();
+                for retry in retries {
+                    taken |= retry.tx.send(Ok(grant.clone())).is_ok();
+                }
+                if !taken {
                     // The waiter left while we were granting: pass the lease on.
                     st.end_lease(&id, EndReason::Released, &mut fx);
                 }

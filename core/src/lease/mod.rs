@@ -163,32 +163,44 @@ impl Core {
             if let Some(grant) = existing_grant(&mut st, &args)? {
                 return Ok(grant);
             }
-            let res = st.resources.entry(resource.clone()).or_default();
-            if args.wait.is_zero() && (!matches!(res.holder, Holder::Free) || !res.queue.is_empty())
-            {
-                return Err(busy(&st, &resource, Duration::ZERO));
-            }
-            let claim = match self.inner.claims.take(&args.owner.client_id) {
-                Ok(claim) => claim,
-                Err(e) => {
-                    st.forget_if_idle(&resource);
-                    return Err(e);
+            let owner = Arc::new(args.owner);
+            let taken_over = match &args.idempotency_key {
+                Some(key) if !args.wait.is_zero() => {
+                    st.take_over_waiter(&resource, &owner, key, ttl)
                 }
+                _ => None,
             };
-            let (tx, rx) = oneshot::channel();
-            st.next_waiter += 1;
-            let id = st.next_waiter;
-            let res = st.resources.get_mut(&resource).expect("just inserted");
-            res.queue.push_back(Waiter {
-                id,
-                claim,
-                owner: Arc::new(args.owner),
-                ttl,
-                idempotency_key: args.idempotency_key,
-                tx,
-            });
-            st.pump(&resource, &mut fx);
-            (id, rx)
+            if let Some(taken_over) = taken_over {
+                taken_over
+            } else {
+                let res = st.resources.entry(resource.clone()).or_default();
+                if args.wait.is_zero()
+                    && (!matches!(res.holder, Holder::Free) || !res.queue.is_empty())
+                {
+                    return Err(busy(&st, &resource, Duration::ZERO));
+                }
+                let claim = match self.inner.claims.take(&owner.client_id) {
+                    Ok(claim) => claim,
+                    Err(e) => {
+                        st.forget_if_idle(&resource);
+                        return Err(e);
+                    }
+                };
+                let (tx, rx) = oneshot::channel();
+                st.next_waiter += 1;
+                let id = st.next_waiter;
+                let res = st.resources.get_mut(&resource).expect("just inserted");
+                res.queue.push_back(Waiter {
+                    id,
+                    claim,
+                    owner,
+                    ttl,
+                    idempotency_key: args.idempotency_key,
+                    tx,
+                });
+                st.pump(&resource, &mut fx);
+                (id, rx)
+            }
         };
         // A resource that is free is granted to this call at once: in its own task, which saves a
         // task and a wake-up per uncontended acquire (the grant moves to a task of its own if the

@@ -110,6 +110,11 @@ impl LeaseRec {
     }
 }
 
+/// Whether `waiter` is an acquire by `client_id` under idempotency key `key`.
+fn same_key(waiter: &Waiter, client_id: &str, key: &str) -> bool {
+    waiter.idempotency_key.as_deref() == Some(key) && waiter.owner.client_id == client_id
+}
+
 /// Adds an append result to a lease's remembered ones (bounded, oldest forgotten first); true if
 /// they grew.
 fn remember(
@@ -297,6 +302,60 @@ impl State {
         let before = res.queue.len();
         res.queue.retain(|w| w.id != id);
         res.queue.len() != before
+    }
+
+    /// A retried Acquire (same client id and idempotency key) whose original still waits in the
+    /// queue of `resource` takes the original's place: the waiter answers the retry from now on,
+    /// under a new id, and the original call is told it was superseded. Its caller may be gone
+    /// without the server knowing yet (a connection that died silently is found by pings only),
+    /// and the retry must not queue behind its own original. `None` if no such waiter waits.
+    pub fn take_over_waiter(
+        &mut self,
+        resource: &ResourceName,
+        owner: &Arc<Owner>,
+        key: &str,
+        ttl: Duration,
+    ) -> Option<(u64, oneshot::Receiver<Result<Grant, CoreError>>)> {
+        let id = self.next_waiter + 1;
+        let waiter = self
+            .resources
+            .get_mut(resource)?
+            .queue
+            .iter_mut()
+            .find(|w| same_key(w, &owner.client_id, key))?;
+        self.next_waiter = id;
+        let (tx, rx) = oneshot::channel();
+        let original = std::mem::replace(&mut waiter.tx, tx);
+        waiter.id = id;
+        waiter.owner = owner.clone();
+        waiter.ttl = ttl;
+        let _ = original.send(Err(CoreError::Superseded {
+            resource: resource.as_str().to_owned(),
+            client_id: owner.client_id.clone(),
+            key: key.to_owned(),
+        }));
+        Some((id, rx))
+    }
+
+    /// Takes out of the queue of `resource` the retries of an acquire by `client_id` under `key`
+    /// (each queued while the original was being granted): they get the same lease.
+    pub fn take_retries(
+        &mut self,
+        resource: &ResourceName,
+        client_id: &str,
+        key: &str,
+    ) -> VecDeque<Waiter> {
+        let Some(res) = self.resources.get_mut(resource) else {
+            return VecDeque::new();
+        };
+        if !res.queue.iter().any(|w| same_key(w, client_id, key)) {
+            return VecDeque::new();
+        }
+        let (retries, others) = std::mem::take(&mut res.queue)
+            .into_iter()
+            .partition(|w| same_key(w, client_id, key));
+        res.queue = others;
+        retries
     }
 
     /// Remembers an AppendOnce result (bounded, oldest forgotten first).

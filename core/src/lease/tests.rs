@@ -329,6 +329,95 @@ async fn a_retried_acquire_with_the_same_key_gets_the_same_lease() {
     assert_eq!(first.lease.token, again.lease.token);
 }
 
+fn keyed(who: &str, key: &str) -> AcquireArgs {
+    let mut a = args(who, LONG);
+    a.idempotency_key = Some(key.into());
+    a
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_with_the_same_key_takes_the_place_of_its_queued_original() {
+    let core = core();
+    let holder = core.acquire(args("h", Duration::ZERO)).await.unwrap();
+    let c = core.clone();
+    // The original call: its caller's connection died without the server noticing yet.
+    let original = tokio::spawn(async move { c.acquire(keyed("a", "turn-7")).await });
+    tokio::task::yield_now().await;
+    let c = core.clone();
+    let other = tokio::spawn(async move { c.acquire(args("b", LONG)).await });
+    tokio::task::yield_now().await;
+    let c = core.clone();
+    let retry = tokio::spawn(async move { c.acquire(keyed("a", "turn-7")).await });
+    tokio::task::yield_now().await;
+    let err = original.await.unwrap().unwrap_err();
+    assert_eq!(err.reason(), "SUPERSEDED");
+    assert!(
+        err.to_string().contains("the retry gets the lease"),
+        "{err}"
+    );
+    // The retry waits in the original's place, ahead of b, and counts once.
+    assert_eq!(core.describe(&name()).await.unwrap().waiters, 2);
+    core.release(&name(), &holder.lease.lease_id).unwrap();
+    let granted = retry.await.unwrap().unwrap();
+    assert_eq!(granted.lease.owner.client_id, "a");
+    assert!(!other.is_finished(), "b still waits behind a");
+    // Another key, or another client with the same key, is a different acquire and queues.
+    let c = core.clone();
+    let fresh = tokio::spawn(async move { c.acquire(keyed("a", "turn-8")).await });
+    let c = core.clone();
+    let stranger = tokio::spawn(async move { c.acquire(keyed("z", "turn-7")).await });
+    tokio::task::yield_now().await;
+    assert_eq!(core.describe(&name()).await.unwrap().waiters, 3);
+    for call in [fresh, stranger] {
+        call.abort();
+        let _ = call.await;
+    }
+    core.release(&name(), &granted.lease.lease_id).unwrap();
+    assert_eq!(other.await.unwrap().unwrap().lease.owner.client_id, "b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_queued_while_its_original_was_being_granted_gets_the_same_lease() {
+    let store = Arc::new(MemStore::default());
+    let core = Core::new(store.clone(), Limits::default());
+    for original_stays in [true, false] {
+        let resource = ResourceName::parse(&format!("agents/k{original_stays}.jsonl")).unwrap();
+        let on = |mut a: AcquireArgs| {
+            a.resource = resource.clone();
+            a
+        };
+        let queued = || core.inner.lock().resources[&resource].queue.len();
+        let not_open = store.opening.write().await;
+        let (c, a) = (core.clone(), on(keyed("a", "turn-7")));
+        let mut original = Box::pin(async move { c.acquire(a).await });
+        // The resource is free: one poll starts granting it to the original, which waits for the log.
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(original.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        // Without the original's caller, the lease still goes to its retry, not to b.
+        let original = original_stays.then(|| tokio::spawn(original));
+        let (c, again) = (core.clone(), on(keyed("a", "turn-7")));
+        let retry = tokio::spawn(async move { c.acquire(again).await });
+        tokio::task::yield_now().await;
+        let (c, b) = (core.clone(), on(args("b", LONG)));
+        let other = tokio::spawn(async move { c.acquire(b).await });
+        tokio::task::yield_now().await;
+        assert_eq!(queued(), 2);
+        drop(not_open);
+        let granted = retry.await.unwrap().unwrap();
+        assert_eq!(granted.lease.owner.client_id, "a");
+        if let Some(original) = original {
+            let first = original.await.unwrap().unwrap();
+            assert_eq!(first.lease.lease_id, granted.lease.lease_id);
+            assert_eq!(first.lease.token, granted.lease.token);
+        }
+        assert_eq!(queued(), 1);
+        assert!(!other.is_finished());
+        core.release(&resource, &granted.lease.lease_id).unwrap();
+        assert_eq!(other.await.unwrap().unwrap().lease.owner.client_id, "b");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_acquire_key_holding_a_lease_is_refused_for_another_resource() {
     let core = core();
