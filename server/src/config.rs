@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use fencepost_core::Limits;
+use fencepost_core::store::embedded::Fsync;
 
 /// Longest duration any setting takes (a day).
 const LONGEST: Duration = Duration::from_secs(24 * 60 * 60);
@@ -20,6 +21,13 @@ pub struct Config {
     /// Data directory of the embedded store (session files live here).
     #[arg(long, env = "FENCEPOST_DATA_DIR", default_value = "./fencepost-data")]
     pub data_dir: PathBuf,
+
+    /// When appends reach stable storage. `always`: every acknowledged batch is on disk (one
+    /// group-committed fdatasync of the write-ahead log per round of appends). `never`: a batch
+    /// is acknowledged once the OS has it; a crash of fencepost loses nothing, a power loss or
+    /// kernel crash can lose acknowledged entries. `never` is for scratch data (tests, CI, tmpfs).
+    #[arg(long, env = "FENCEPOST_FSYNC", value_enum, default_value_t = FsyncPolicy::Always)]
+    pub fsync: FsyncPolicy,
 
     /// Lease TTL when a client asks for none.
     #[arg(long, env = "FENCEPOST_DEFAULT_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -117,6 +125,24 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// `--fsync` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FsyncPolicy {
+    /// Sync before acknowledging.
+    Always,
+    /// Never sync a commit (unsafe on power loss).
+    Never,
+}
+
+impl From<FsyncPolicy> for Fsync {
+    fn from(policy: FsyncPolicy) -> Self {
+        match policy {
+            FsyncPolicy::Always => Self::Always,
+            FsyncPolicy::Never => Self::Never,
+        }
+    }
 }
 
 /// A parsed `--listen` value.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use fencepost_core::Core;
-use fencepost_core::store::embedded::EmbeddedStore;
+use fencepost_core::store::embedded::{EmbeddedStore, Fsync};
 use fencepost_server::config::{Config, ListenAddr, LogFormat};
 use fencepost_server::{ConnOpts, Listener, serve};
 use tokio::signal::unix::{SignalKind, signal};
@@ -66,8 +66,8 @@ async fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     let (listener, shown) = bind(&addr).await?;
-    let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir))
+    let (data_dir, fsync) = (config.data_dir.clone(), config.fsync.into());
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open_with(&data_dir, fsync))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| {
@@ -85,6 +85,12 @@ async fn run(config: Config) -> Result<(), String> {
         held_back = report.held_back.len(),
         "store open"
     );
+    if fsync == Fsync::Never {
+        tracing::warn!(
+            "--fsync never: appends are acknowledged before they are on stable storage; a power \
+             loss or kernel crash can lose acknowledged entries"
+        );
+    }
     let core = Core::new(Arc::new(store), limits);
     let mut ready = serde_json::json!({"event": "listening", "addr": shown, "tls": tls.is_some()});
     if let Some(listener) = metrics {

@@ -31,6 +31,21 @@ use crate::error::CoreError;
 use crate::resource::ResourceName;
 use crate::store::{ResourceLog, Store};
 
+/// When the embedded store's write-ahead log is synced to stable storage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fsync {
+    /// Each group of batches is made durable with one `fdatasync` before any of them is
+    /// acknowledged: no acknowledged entry is lost, whatever fails.
+    #[default]
+    Always,
+    /// Batches are acknowledged once the operating system has them (the write-ahead log is
+    /// written through the page cache and never synced by a commit). A crash of the server process
+    /// loses nothing; a power loss or kernel crash can lose acknowledged entries, and can leave a
+    /// session file with lines the log has no record of (refused as an external modification
+    /// until adopted). Checkpoints and the token ceiling are still synced. For scratch data only.
+    Never,
+}
+
 /// The embedded store of one data directory. Only one server may open a data directory.
 #[derive(Debug)]
 pub struct EmbeddedStore {
@@ -76,12 +91,21 @@ fn one_filesystem(root: &Path, meta: &Path) -> io::Result<()> {
 }
 
 impl EmbeddedStore {
+    /// Opens (creating if needed) the data directory with every commit synced ([`Fsync::Always`]).
+    /// Blocking; call before serving.
+    ///
+    /// # Errors
+    /// As [`EmbeddedStore::open_with`].
+    pub fn open(root: &Path) -> io::Result<Self> {
+        Self::open_with(root, Fsync::Always)
+    }
+
     /// Opens (creating if needed) the data directory: takes its lock, replays the WAL, starts the
-    /// writer. Blocking; call before serving.
+    /// writer, which syncs commits as `fsync` says. Blocking; call before serving.
     ///
     /// # Errors
     /// The data dir is in use by another server, or recovery failed (the message says where).
-    pub fn open(root: &Path) -> io::Result<Self> {
+    pub fn open_with(root: &Path, fsync: Fsync) -> io::Result<Self> {
         std::fs::create_dir_all(root)?;
         let root = root.canonicalize()?;
         let meta = paths::meta_dir(&root);
@@ -116,7 +140,7 @@ impl EmbeddedStore {
         })?;
         paths::sync_dir(&meta)?;
         paths::sync_dir(&root)?;
-        let (wal, stopped) = wal::spawn(wal, meta, replayed.generation)?;
+        let (wal, stopped) = wal::spawn(wal, meta, replayed.generation, fsync)?;
         Ok(Self {
             root,
             _lock: lock,

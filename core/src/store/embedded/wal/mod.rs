@@ -42,6 +42,7 @@ use tokio::sync::oneshot;
 
 pub use self::format::{Contents, HEADER_BYTES, Record, decode, payload, read_used};
 pub use self::tamper::changed_on_disk;
+use super::Fsync;
 use super::index::BatchRecord;
 use super::log::EmbeddedLog;
 use crate::error::CoreError;
@@ -118,12 +119,17 @@ pub enum Msg {
 ///
 /// # Errors
 /// The header could not be written and synced, or a thread could not be started.
-pub fn spawn(wal: File, wal_dir: PathBuf, generation: u64) -> io::Result<(Sender<Msg>, Stopped)> {
+pub fn spawn(
+    wal: File,
+    wal_dir: PathBuf,
+    generation: u64,
+    fsync: Fsync,
+) -> io::Result<(Sender<Msg>, Stopped)> {
     let stop = Arc::new(Stop::default());
     let stopped = Stopped(stop.clone());
     let applied = Arc::new(AtomicU64::new(0));
     let applier = apply::spawn(stop.clone(), applied.clone())?;
-    let mut writer = writer::Writer::new(wal, wal_dir, generation, stop, applied, applier)?;
+    let mut writer = writer::Writer::new(wal, wal_dir, generation, fsync, stop, applied, applier)?;
     writer.next_generation()?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()

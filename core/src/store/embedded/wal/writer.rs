@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use super::apply::Work;
 use super::direct::DirectWal;
 use super::format::{HEADER_BYTES, SLOT_BYTES, encode, header_slot};
-use super::{Job, Msg, Stop, store_failed, tamper::tamper_check};
+use super::{Fsync, Job, Msg, Stop, store_failed, tamper::tamper_check};
 #[cfg(feature = "failpoints")]
 use super::{injected, synced};
 use crate::store::embedded::paths::sync_dir;
@@ -42,7 +42,10 @@ pub(super) struct Writer {
     /// The metadata directory, on the data dir's filesystem: a checkpoint syncs that filesystem
     /// (where every session file and index lives), wherever the WAL file itself is.
     meta_dir: File,
-    /// The WAL opened for direct group writes; `None` where the filesystem refuses them.
+    /// Whether a commit syncs the WAL before its batches are acknowledged ([`Fsync::Always`]).
+    sync_commits: bool,
+    /// The WAL opened for direct group writes; `None` where the filesystem refuses them, and
+    /// when commits are not synced (then the page cache is the faster way).
     direct: Option<DirectWal>,
     wal_dir: PathBuf,
     /// The generation records are written in.
@@ -70,13 +73,20 @@ impl Writer {
         wal: File,
         wal_dir: PathBuf,
         generation: u64,
+        fsync: Fsync,
         stop: Arc<Stop>,
         applied: Arc<AtomicU64>,
         applier: Sender<Work>,
     ) -> io::Result<Self> {
+        let sync_commits = fsync == Fsync::Always;
         Ok(Self {
             allocated: wal.metadata()?.len(),
-            direct: DirectWal::open(&wal_dir.join("wal"))?,
+            sync_commits,
+            direct: if sync_commits {
+                DirectWal::open(&wal_dir.join("wal"))?
+            } else {
+                None
+            },
             meta_dir: File::open(&wal_dir)?,
             wal,
             wal_dir,
@@ -184,6 +194,9 @@ impl Writer {
             self.grow(self.pos + buf.len() as u64)?;
             self.write_records(&buf)?;
             fail::fail_point!("wal-written", |_| std::process::abort());
+            if !self.sync_commits {
+                return Ok(());
+            }
             fail::fail_point!("wal-sync", |arg| Err(injected(arg)));
             self.wal.sync_data()
         })();
@@ -199,7 +212,9 @@ impl Writer {
         self.pos += buf.len() as u64;
         self.written += buf.len() as u64;
         #[cfg(feature = "failpoints")]
-        synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), self.pos)]);
+        if self.sync_commits {
+            synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), self.pos)]);
+        }
         self.groups = seq;
         let work = Work::Group {
             seq,
