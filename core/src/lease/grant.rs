@@ -58,6 +58,7 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
                     appends: Default::default(),
                     loss: Vec::new(),
                     _claim: waiter.claim,
+                    shared: false,
                 };
                 let deadline = rec.deadline;
                 if let Some(key) = &waiter.idempotency_key {
@@ -92,18 +93,21 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
                     inner.expiry.notify_one();
                 }
                 // Retries of the same keyed acquire, queued while this grant was under way, get
-                // the same lease; so if the original caller left, the lease is still taken. They
-                // are one logical acquire: any of its callers that goes away after being answered
-                // releases the lease (see `QueueGuard`), as a cancelled acquire does.
+                // the same lease; so if the original caller left, the lease is still taken.
                 let retries = match &waiter.idempotency_key {
                     Some(key) => st.take_retries(&resource, &waiter.owner.client_id, key),
                     None => std::collections::VecDeque::new(),
                 };
-                let mut taken = waiter.tx.send(Ok(grant.clone())).is_ok();
+                let mut taken = usize::from(waiter.tx.send(Ok(grant.clone())).is_ok());
                 for retry in retries {
-                    taken |= retry.tx.send(Ok(grant.clone())).is_ok();
+                    taken += usize::from(retry.tx.send(Ok(grant.clone())).is_ok());
                 }
-                if !taken {
+                if taken > 1
+                    && let Some(rec) = st.leases.get_mut(&id)
+                {
+                    rec.shared = true;
+                }
+                if taken == 0 {
                     // The waiter left while we were granting: pass the lease on.
                     st.end_lease(&id, EndReason::Released, &mut fx);
                 }

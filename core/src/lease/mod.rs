@@ -652,6 +652,22 @@ fn check_owner(owner: &Owner) -> Result<(), CoreError> {
 
 /// Leaves the queue when an Acquire future is dropped while waiting, and releases a grant that
 /// arrived but was never taken (a grant still under way finds the receiver gone and releases).
+impl Core {
+    /// Releases a grant whose caller went away before taking it, unless the lease went to several
+    /// calls of one keyed acquire: then another of them may hold it (and if none does, it expires).
+    fn abandon(&self, grant: &Grant) {
+        let shared = self
+            .inner
+            .lock()
+            .leases
+            .get(&grant.lease.lease_id)
+            .is_some_and(|rec| rec.shared);
+        if !shared {
+            let _ = self.release(&grant.lease.resource, &grant.lease.lease_id);
+        }
+    }
+}
+
 struct QueueGuard<'a> {
     core: &'a Core,
     resource: &'a ResourceName,
@@ -667,9 +683,7 @@ impl Drop for QueueGuard<'_> {
             // finds the receiver gone (and passes the lease on itself); none is left in between.
             self.rx.close();
             if let Ok(Ok(grant)) = self.rx.try_recv() {
-                let _ = self
-                    .core
-                    .release(&grant.lease.resource, &grant.lease.lease_id);
+                self.core.abandon(&grant);
             }
         }
     }

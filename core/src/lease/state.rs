@@ -80,6 +80,9 @@ pub(super) struct LeaseRec {
     pub loss: Vec<LossSender>,
     /// Counts the lease against the lease limits until it ends (held for its drop).
     pub _claim: Claim,
+    /// Granted to several calls of one keyed acquire (an original and its retries): a call that
+    /// goes away before taking it does not release it, since another may hold it.
+    pub shared: bool,
 }
 
 impl LeaseRec {

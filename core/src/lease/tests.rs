@@ -394,13 +394,14 @@ async fn a_retry_queued_while_its_original_was_being_granted_gets_the_same_lease
         let first =
             std::future::poll_fn(|cx| std::task::Poll::Ready(original.as_mut().poll(cx))).await;
         assert!(first.is_pending());
-        // Without the original's caller, the lease still goes to its retry, not to b.
+        // Without the original's caller, the lease still goes to its retry, not to b, although b
+        // queued first.
         let original = original_stays.then(|| tokio::spawn(original));
-        let (c, again) = (core.clone(), on(keyed("a", "turn-7")));
-        let retry = tokio::spawn(async move { c.acquire(again).await });
-        tokio::task::yield_now().await;
         let (c, b) = (core.clone(), on(args("b", LONG)));
         let other = tokio::spawn(async move { c.acquire(b).await });
+        tokio::task::yield_now().await;
+        let (c, again) = (core.clone(), on(keyed("a", "turn-7")));
+        let retry = tokio::spawn(async move { c.acquire(again).await });
         tokio::task::yield_now().await;
         assert_eq!(queued(), 2);
         drop(not_open);
@@ -414,8 +415,41 @@ async fn a_retry_queued_while_its_original_was_being_granted_gets_the_same_lease
         assert_eq!(queued(), 1);
         assert!(!other.is_finished());
         core.release(&resource, &granted.lease.lease_id).unwrap();
-        assert_eq!(other.await.unwrap().unwrap().lease.owner.client_id, "b");
+        let next = other.await.unwrap().unwrap();
+        assert_eq!(next.lease.owner.client_id, "b");
+        assert_eq!(
+            next.lease.token,
+            granted.lease.token + 1,
+            "one grant before b's"
+        );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_granted_to_an_original_and_its_retry_outlives_either_going_away() {
+    let store = Arc::new(MemStore::default());
+    let core = Core::new(store.clone(), Limits::default());
+    let not_open = store.opening.write().await;
+    let mut original = Box::pin(core.acquire(keyed("a", "turn-7")));
+    let mut retry = Box::pin(core.acquire(keyed("a", "turn-7")));
+    // The original starts the grant (waiting for the log); the retry queues meanwhile.
+    for call in [&mut original, &mut retry] {
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+    }
+    drop(not_open);
+    let granted = original.await.unwrap();
+    // The retry was answered with the same lease, and goes away without taking it: the lease
+    // stays with the original.
+    drop(retry);
+    let state = core.describe(&name()).await.unwrap();
+    assert_eq!(
+        state.holder.map(|h| h.lease_id),
+        Some(granted.lease.lease_id.clone())
+    );
+    core.append(append(&granted, r#"{"still":"held"}"#))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -954,6 +988,7 @@ fn tombstones_remember_a_bounded_number_of_append_results_in_all() {
                 appends,
                 loss: Vec::new(),
                 _claim: claims.take("a").unwrap(),
+                shared: false,
             },
         );
         st.end_lease(&id, EndReason::Released, &mut fx);

@@ -41,8 +41,10 @@ pub enum Fsync {
     /// Batches are acknowledged once the operating system has them (the write-ahead log is
     /// written through the page cache and never synced by a commit). A crash of the server process
     /// loses nothing; a power loss or kernel crash can lose acknowledged entries, and can leave a
-    /// session file with lines the log has no record of (refused as an external modification
-    /// until adopted). Checkpoints and the token ceiling are still synced. For scratch data only.
+    /// session that needs an operator: a session file with lines the log has no record of
+    /// (refused as an external modification until adopted), or an index whose last lines were
+    /// half written (`CORRUPT_METADATA`). Checkpoints and the token ceiling are still synced. For
+    /// scratch data only.
     Never,
 }
 

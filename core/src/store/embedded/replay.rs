@@ -1,7 +1,8 @@
 //! Start-up recovery: re-apply the write-ahead log to the session files and indexes.
 //!
-//! Every WAL record was durable before its batch was acknowledged; session files and indexes are
-//! only guaranteed durable at checkpoints. Replay rewrites each record's bytes at its recorded
+//! Every WAL record was durable before its batch was acknowledged (with `--fsync never`, only
+//! written: a power loss can then lose acknowledged records); session files and indexes are only
+//! guaranteed durable at checkpoints. Replay rewrites each record's bytes at its recorded
 //! offset (idempotent), appends index lines the index lacks, and syncs both. A torn record at the
 //! end of the current generation was never acknowledged and is dropped. It first checks that the
 //! file and its index can take the records (the file was not deleted or cut short, the index

@@ -25,7 +25,7 @@ const PAGE: u64 = 4096;
 
 /// What the writer hands the applier.
 pub(super) enum Work {
-    /// A group whose WAL records are durable. `seq` numbers groups in commit order; `wal_bytes`
+    /// A group whose WAL records are durable (written only, with [`super::Fsync::Never`]). `seq` numbers groups in commit order; `wal_bytes`
     /// is how many WAL bytes were written since the start, this group's included.
     Group {
         seq: u64,

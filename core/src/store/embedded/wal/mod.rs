@@ -1,5 +1,6 @@
 //! The write-ahead log: every accepted batch is framed into one WAL record and made durable, in
-//! groups, before its lines are written into its session file and acknowledged.
+//! groups, before its lines are written into its session file and acknowledged (with
+//! [`Fsync::Never`], written to the OS only: commits skip the `fdatasync`).
 //!
 //! Two threads, so that one group's `fdatasync` overlaps the previous group's file writes:
 //! - the writer ([`writer`]) drains all pending batches, checks their session files

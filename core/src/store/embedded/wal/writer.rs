@@ -194,11 +194,17 @@ impl Writer {
             self.grow(self.pos + buf.len() as u64)?;
             self.write_records(&buf)?;
             fail::fail_point!("wal-written", |_| std::process::abort());
-            if !self.sync_commits {
-                return Ok(());
+            if self.sync_commits {
+                fail::fail_point!("wal-sync", |arg| Err(injected(arg)));
+                self.wal.sync_data()?;
+                // The journal records syncs where they happen (`--fsync never` makes none).
+                #[cfg(feature = "failpoints")]
+                synced::record(
+                    &self.wal_dir,
+                    &[(self.wal_dir.join("wal"), self.pos + buf.len() as u64)],
+                );
             }
-            fail::fail_point!("wal-sync", |arg| Err(injected(arg)));
-            self.wal.sync_data()
+            Ok(())
         })();
         if let Err(e) = durable {
             let detail = format!("write-ahead log write or fsync failed: {e}");
@@ -211,10 +217,6 @@ impl Writer {
         }
         self.pos += buf.len() as u64;
         self.written += buf.len() as u64;
-        #[cfg(feature = "failpoints")]
-        if self.sync_commits {
-            synced::record(&self.wal_dir, &[(self.wal_dir.join("wal"), self.pos)]);
-        }
         self.groups = seq;
         let work = Work::Group {
             seq,
