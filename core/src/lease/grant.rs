@@ -42,6 +42,13 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
                 if let Some(res) = st.resources.get_mut(&resource) {
                     res.holder = Holder::Free;
                 }
+                // Retries of the same keyed acquire are the same call: they fail with it (they
+                // hold no claim, so none may be granted a lease of its own).
+                if let Some(key) = &waiter.idempotency_key {
+                    for retry in st.take_retries(&resource, &waiter.owner.client_id, key) {
+                        let _ = retry.tx.send(Err(e.clone()));
+                    }
+                }
                 let _ = waiter.tx.send(Err(e));
                 st.pump(&resource, &mut fx);
             }

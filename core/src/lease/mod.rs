@@ -179,11 +179,26 @@ impl Core {
                 {
                     return Err(busy(&st, &resource, Duration::ZERO));
                 }
-                let claim = match self.inner.claims.take(&owner.client_id) {
-                    Ok(claim) => claim,
-                    Err(e) => {
-                        st.forget_if_idle(&resource);
-                        return Err(e);
+                // A retry of the acquire being granted this resource gets that grant (in
+                // `take_retries`): it counts against no limit a second time.
+                let retry_of_grant = match (&res.holder, &args.idempotency_key) {
+                    (
+                        Holder::Granting {
+                            key: Some((client, k)),
+                        },
+                        Some(key),
+                    ) => !args.wait.is_zero() && *client == owner.client_id && k == key,
+                    _ => false,
+                };
+                let claim = if retry_of_grant {
+                    None
+                } else {
+                    match self.inner.claims.take(&owner.client_id) {
+                        Ok(claim) => Some(claim),
+                        Err(e) => {
+                            st.forget_if_idle(&resource);
+                            return Err(e);
+                        }
                     }
                 };
                 let (tx, rx) = oneshot::channel();
@@ -430,7 +445,7 @@ impl Core {
                 });
             }
             // Grants queue behind the adoption, as behind a grant.
-            res.holder = Holder::Granting;
+            res.holder = Holder::Granting { key: None };
         }
         let inner = self.inner.clone();
         let r = resource.clone();

@@ -30,14 +30,20 @@ pub(super) const TOMBSTONE_APPENDS: usize = 131_072;
 
 pub(super) enum Holder {
     Free,
-    Granting,
+    /// Being granted (or adopted); `key` is the (client id, idempotency key) of the acquire it is
+    /// granted to, if keyed: a retry of that acquire waits for this grant and takes no claim.
+    Granting {
+        key: Option<(String, String)>,
+    },
     Held(Arc<str>),
 }
 
 pub(super) struct Waiter {
     pub id: u64,
-    /// Counts the waiter, then its lease, against the lease limits.
-    pub claim: Claim,
+    /// Counts the waiter, then its lease, against the lease limits. `None` for a retry queued
+    /// while its original is being granted: it is answered with the original's lease (see
+    /// [`State::take_retries`]) and never granted one of its own.
+    pub claim: Option<Claim>,
     pub owner: Arc<Owner>,
     pub ttl: Duration,
     pub idempotency_key: Option<String>,
@@ -79,7 +85,7 @@ pub(super) struct LeaseRec {
     /// Keepalive streams to tell when the lease ends.
     pub loss: Vec<LossSender>,
     /// Counts the lease against the lease limits until it ends (held for its drop).
-    pub _claim: Claim,
+    pub _claim: Option<Claim>,
     /// Granted to several calls of one keyed acquire (an original and its retries): a call that
     /// goes away before taking it does not release it, since another may hold it.
     pub shared: bool,
@@ -277,7 +283,11 @@ impl State {
             if waiter.tx.is_closed() {
                 continue;
             }
-            res.holder = Holder::Granting;
+            let key = waiter
+                .idempotency_key
+                .as_ref()
+                .map(|k| (waiter.owner.client_id.clone(), k.clone()));
+            res.holder = Holder::Granting { key };
             fx.grants.push((resource.clone(), waiter));
             return;
         }

@@ -19,6 +19,8 @@ struct MemStore {
     tokens: AtomicU64,
     /// A test holding this for writing keeps logs from opening (grants wait).
     opening: tokio::sync::RwLock<()>,
+    /// Set, logs fail to open (grants fail).
+    broken: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -35,6 +37,12 @@ struct MemLog {
 impl Store for MemStore {
     async fn open(&self, name: &ResourceName) -> Result<Arc<dyn ResourceLog>, CoreError> {
         let _open = self.opening.read().await;
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(CoreError::StorageFailed {
+                resource: name.as_str().to_owned(),
+                detail: "the test broke the store".into(),
+            });
+        }
         Ok(self
             .logs
             .lock()
@@ -450,6 +458,51 @@ async fn a_lease_granted_to_an_original_and_its_retry_outlives_either_going_away
     core.append(append(&granted, r#"{"still":"held"}"#))
         .await
         .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_of_an_acquire_being_granted_counts_against_no_limit_again() {
+    let limits = Limits {
+        max_leases_per_client: 1,
+        ..Limits::default()
+    };
+    let store = Arc::new(MemStore::default());
+    let core = Core::new(store.clone(), limits);
+    for grant_fails in [false, true] {
+        store.broken.store(grant_fails, Ordering::SeqCst);
+        let not_open = store.opening.write().await;
+        let mut original = Box::pin(core.acquire(keyed("a", "turn-7")));
+        let mut retry = Box::pin(core.acquire(keyed("a", "turn-7")));
+        // The original starts the grant (waiting for the log); the retry, at a's limit of one
+        // lease, waits for that grant instead of being refused.
+        for call in [&mut original, &mut retry] {
+            let first =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+            assert!(first.is_pending());
+        }
+        assert_eq!(core.inner.claims.count("a"), (1, 1));
+        drop(not_open);
+        let (original, retry) = (original.await, retry.await);
+        if grant_fails {
+            // The grant failed: so did its retry, and nothing is held.
+            assert_eq!(original.unwrap_err().reason(), "STORAGE_FAILED");
+            assert_eq!(retry.unwrap_err().reason(), "STORAGE_FAILED");
+            assert_eq!(core.inner.claims.count("a"), (0, 0));
+            assert!(
+                core.inner
+                    .lock()
+                    .resources
+                    .get(&name())
+                    .is_none_or(|r| matches!(r.holder, Holder::Free) && r.queue.is_empty())
+            );
+        } else {
+            let (original, retry) = (original.unwrap(), retry.unwrap());
+            assert_eq!(original.lease.lease_id, retry.lease.lease_id);
+            assert_eq!(core.inner.claims.count("a"), (1, 1));
+            core.release(&name(), &original.lease.lease_id).unwrap();
+            assert_eq!(core.inner.claims.count("a"), (0, 0));
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -987,7 +1040,7 @@ fn tombstones_remember_a_bounded_number_of_append_results_in_all() {
                 idempotency_key: None,
                 appends,
                 loss: Vec::new(),
-                _claim: claims.take("a").unwrap(),
+                _claim: Some(claims.take("a").unwrap()),
                 shared: false,
             },
         );
