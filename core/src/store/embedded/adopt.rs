@@ -23,6 +23,15 @@ fn operator() -> Arc<Owner> {
     })
 }
 
+/// The epoch of an adopted batch: above every epoch the resource ever had, which the index alone
+/// cannot promise: it may have been lost (its epochs would start again at 1) or restored from an
+/// older copy. So, as with tokens, the wall clock in µs is a floor: epochs rise by one per batch,
+/// far slower than the clock, so a resource's epochs stay below it. A client still expecting an
+/// epoch from before the adoption is refused (`HEAD_MISMATCH`) rather than matched by accident.
+fn adopted_epoch(last_epoch: u64, now_micros: u64) -> u64 {
+    (last_epoch + 1).max(now_micros)
+}
+
 /// Rewrites the index of `name` to cover the file as it is now (blocking I/O). The WAL must have
 /// been checkpointed first, so no replay can write old bytes over the adopted content.
 ///
@@ -83,7 +92,7 @@ pub fn adopt(
         hash = chain(&hash, &line[..line.len() - 1]);
     }
     let adopted = BatchRecord {
-        epoch: last_epoch + 1,
+        epoch: adopted_epoch(last_epoch, now_unix_micros()),
         token: 0,
         seq,
         offset,
@@ -155,4 +164,23 @@ fn verified_prefix(records: Vec<BatchRecord>, data: &[u8]) -> Vec<BatchRecord> {
         kept.push(rec);
     }
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adopted_epoch;
+
+    #[test]
+    fn an_adopted_epoch_is_above_the_index_and_the_clock() {
+        // A lost index (no epochs) still gives an epoch above any the resource had before.
+        assert_eq!(
+            adopted_epoch(0, 1_800_000_000_000_000),
+            1_800_000_000_000_000
+        );
+        // An epoch already past the clock (an earlier adoption, a clock set back) still rises.
+        assert_eq!(
+            adopted_epoch(1_800_000_000_000_000, 1_700_000_000_000_000),
+            1_800_000_000_000_001
+        );
+    }
 }
