@@ -53,6 +53,10 @@ pub(super) async fn run(inner: Arc<Inner>, resource: ResourceName, waiter: Waite
                 st.pump(&resource, &mut fx);
             }
             Ok((log, token)) => {
+                debug_assert!(
+                    waiter.claim.is_some(),
+                    "only a waiter with a claim is granted a lease"
+                );
                 let (key, id) = LeaseKey::mint();
                 let rec = LeaseRec {
                     id: id.clone(),

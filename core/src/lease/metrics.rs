@@ -123,7 +123,7 @@ impl Collector for Gauges {
             ("leases", "Live leases.", leases),
             (
                 "waiters",
-                "Acquire calls waiting in a queue (or being granted).",
+                "Acquire calls waiting in a queue (or being granted); a retry of one (same client id and idempotency key) is not counted again.",
                 waiters,
             ),
             (

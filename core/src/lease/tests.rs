@@ -19,7 +19,7 @@ struct MemStore {
     tokens: AtomicU64,
     /// A test holding this for writing keeps logs from opening (grants wait).
     opening: tokio::sync::RwLock<()>,
-    /// Set, logs fail to open (grants fail).
+    /// Set, the next log open fails (that grant fails; the next one would succeed).
     broken: std::sync::atomic::AtomicBool,
 }
 
@@ -37,7 +37,7 @@ struct MemLog {
 impl Store for MemStore {
     async fn open(&self, name: &ResourceName) -> Result<Arc<dyn ResourceLog>, CoreError> {
         let _open = self.opening.read().await;
-        if self.broken.load(Ordering::SeqCst) {
+        if self.broken.swap(false, Ordering::SeqCst) {
             return Err(CoreError::StorageFailed {
                 resource: name.as_str().to_owned(),
                 detail: "the test broke the store".into(),
@@ -484,7 +484,8 @@ async fn a_retry_of_an_acquire_being_granted_counts_against_no_limit_again() {
         drop(not_open);
         let (original, retry) = (original.await, retry.await);
         if grant_fails {
-            // The grant failed: so did its retry, and nothing is held.
+            // The grant failed: so did its retry (never granted a lease of its own, although the
+            // store would open now), and nothing is held.
             assert_eq!(original.unwrap_err().reason(), "STORAGE_FAILED");
             assert_eq!(retry.unwrap_err().reason(), "STORAGE_FAILED");
             assert_eq!(core.inner.claims.count("a"), (0, 0));

@@ -28,6 +28,8 @@ fn operator() -> Arc<Owner> {
 /// older copy. So, as with tokens, the wall clock in µs is a floor: epochs rise by one per batch,
 /// far slower than the clock, so a resource's epochs stay below it. A client still expecting an
 /// epoch from before the adoption is refused (`HEAD_MISMATCH`) rather than matched by accident.
+/// As with tokens, this holds unless the clock is set back past an earlier adoption and the index
+/// that recorded it is lost too.
 fn adopted_epoch(last_epoch: u64, now_micros: u64) -> u64 {
     (last_epoch + 1).max(now_micros)
 }
