@@ -35,6 +35,14 @@ async fn written_once(resource: &str) -> (Server, Client) {
     (server, c)
 }
 
+/// Microseconds since the Unix epoch: an adopted epoch is at least this, read before adopting.
+fn now_micros() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    u64::try_from(since.as_micros()).expect("fits")
+}
+
 fn append_externally(server: &Server, resource: &str, bytes: &[u8]) {
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -77,10 +85,11 @@ async fn an_external_append_is_reported_refused_and_adopted_only_on_request() {
     );
     release(&mut c, &lease).await;
 
+    let before = now_micros();
     let adopted = adopt(&mut c, R).await.expect("adopt");
     let head = adopted.head.expect("head");
     assert_eq!((head.next_seq, head.length), (4, 30));
-    assert!(head.epoch > 1, "a new epoch: {}", head.epoch);
+    assert!(head.epoch >= before, "a new epoch: {}", head.epoch);
     assert!(
         adopted.detail.contains("adopted 1 lines"),
         "{}",
@@ -250,6 +259,7 @@ async fn fencepostctl_adopt_prints_the_new_head_and_what_was_adopted() {
     const R: &str = "tamper/cli.jsonl";
     let (server, mut c) = written_once(R).await;
     append_externally(&server, R, b"{\"ext\":1}\n{\"ext\":2}\n");
+    let before = now_micros();
     let out = common::ctl::ctl(server.endpoint(), ["adopt", R], None);
     assert!(
         out.status.success(),
@@ -257,7 +267,7 @@ async fn fencepostctl_adopt_prints_the_new_head_and_what_was_adopted() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    assert!(v["epoch"].as_u64().unwrap() > 1, "a new epoch: {v}");
+    assert!(v["epoch"].as_u64().unwrap() >= before, "a new epoch: {v}");
     assert_eq!(v["head"]["next_seq"], 4);
     assert!(
         v["detail"].as_str().unwrap().contains("adopted 2 lines"),
@@ -343,9 +353,10 @@ async fn an_adoption_after_the_index_was_lost_never_reuses_an_epoch() {
     append_externally(&server, R, b"{\"by\":\"hand\"}\n");
     server.restart();
     let mut c = server.grpc().await;
+    let before = now_micros();
     let head = adopt(&mut c, R).await.expect("adopt").head.expect("head");
     assert_eq!(head.next_seq, 3);
-    assert!(head.epoch > seen, "epoch {} after {seen}", head.epoch);
+    assert!(head.epoch >= before, "epoch {} after {seen}", head.epoch);
     // The runner's compare-and-append, expecting what it saw before, is refused.
     let lease = acquire(&mut c, R, 30_000).await;
     let stale = c

@@ -184,10 +184,10 @@ impl Core {
                 let retry_of_grant = match (&res.holder, &args.idempotency_key) {
                     (
                         Holder::Granting {
-                            key: Some((client, k)),
+                            key: Some((granted, k)),
                         },
                         Some(key),
-                    ) => !args.wait.is_zero() && *client == owner.client_id && k == key,
+                    ) => !args.wait.is_zero() && granted.client_id == owner.client_id && k == key,
                     _ => false,
                 };
                 let claim = if retry_of_grant {

@@ -30,10 +30,10 @@ pub(super) const TOMBSTONE_APPENDS: usize = 131_072;
 
 pub(super) enum Holder {
     Free,
-    /// Being granted (or adopted); `key` is the (client id, idempotency key) of the acquire it is
+    /// Being granted (or adopted); `key` is the owner and idempotency key of the acquire it is
     /// granted to, if keyed: a retry of that acquire waits for this grant and takes no claim.
     Granting {
-        key: Option<(String, String)>,
+        key: Option<(Arc<Owner>, String)>,
     },
     Held(Arc<str>),
 }
@@ -286,7 +286,7 @@ impl State {
             let key = waiter
                 .idempotency_key
                 .as_ref()
-                .map(|k| (waiter.owner.client_id.clone(), k.clone()));
+                .map(|k| (waiter.owner.clone(), k.clone()));
             res.holder = Holder::Granting { key };
             fx.grants.push((resource.clone(), waiter));
             return;
